@@ -1,0 +1,1 @@
+"""normadd: add a normality to a deployed visual anomaly detector by text (NAND)."""

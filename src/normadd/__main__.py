@@ -1,0 +1,5 @@
+"""``python -m normadd`` runs the CLI."""
+
+from normadd.cli import main
+
+main()

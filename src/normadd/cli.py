@@ -1,0 +1,277 @@
+"""The ``normadd`` command line: thin typer commands over the package API.
+
+Every user error is one line on stderr and exit code 2, never a traceback
+(``NORMADD_DEBUG=1`` shows the traceback of an unexpected error).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from normadd.errors import NormaddError
+
+app = typer.Typer(
+    name="normadd",
+    help="Add a normality to a deployed visual anomaly detector by text (NAND).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _friendly_errors(command: F) -> F:
+    """Turn NormaddError (and other expected failures) into one line and exit code 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except NormaddError as error:
+            console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            raise typer.Exit(error.exit_code) from None
+        except ValueError as error:
+            console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            console.print("interrupted")
+            raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except Exception as error:
+            if os.environ.get("NORMADD_DEBUG"):
+                raise
+            console.print(
+                f"[bold red]internal error:[/] {type(error).__name__}: {error} "
+                "(rerun with NORMADD_DEBUG=1 for the traceback, and please report it)",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _quiet_libraries() -> None:
+    logging.getLogger().setLevel(logging.ERROR)  # open_clip logs "randomly initialised" at WARNING
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def _run_inspection(
+    images: list[Path],
+    class_name: str | None,
+    add: list[str],
+    config_file: Path | None,
+    backbone: str | None,
+    weights: Path | None,
+    projections: Path | None,
+    layers: str | None,
+    out: Path,
+    batch_size: int,
+    device: str,
+    precision: str,
+    llm: bool,
+) -> None:
+    from normadd.config import LineConfig, NormalitySetting
+    from normadd.factory import build_addition
+    from normadd.images import collect_images
+    from normadd.inspection import inspect_images
+    from normadd.runtime import resolve_runtime
+
+    _quiet_libraries()
+    if config_file is not None:
+        config = LineConfig.from_yaml(config_file)
+    elif class_name is None:
+        raise NormaddError("--class-name is required (or --config line.yaml): e.g. --class-name bottle")
+    else:
+        config = LineConfig(class_name=class_name)
+    if class_name is not None:
+        config.class_name = class_name
+    if backbone is not None:
+        config.backbone = backbone
+    if weights is not None:
+        config.weights = str(weights)
+    if projections is not None:
+        config.projections = str(projections)
+    if layers is not None:
+        try:
+            config.layers = [int(x) for x in layers.split(",") if x.strip()]
+        except ValueError:
+            raise NormaddError(f"--layers '{layers}' must be comma-separated block numbers, e.g. 6,12,18,24") from None
+    if llm:
+        config.phrase_generator = "llm"
+    config.normalities += [NormalitySetting.parse(spec) for spec in add]
+    if batch_size < 1:
+        raise NormaddError("--batch-size must be at least 1")
+
+    paths = collect_images(images)
+    runtime = resolve_runtime(device, precision)
+    if runtime.note:
+        console.print(f"note: {runtime.note}")
+    with console.status("loading model and encoding texts"):
+        model = build_addition(config, runtime)
+    encoder = model.normality_detector.encoder
+    if encoder.is_random:
+        console.print(f"[yellow]warning:[/] {encoder.description}", highlight=False)
+    if model.detector.projections.kind == "clip-head":  # type: ignore[attr-defined]
+        console.print(
+            "note: no --projections given: using the training-free fallback (CLIP ln_post + proj)",
+            highlight=False,
+        )
+    for normality in model.normalities.values():
+        console.print(
+            f"added normality '{normality.name}' (strength {normality.strength:g}): {', '.join(normality.phrases)}",
+            highlight=False,
+        )
+    with _progress() as progress:
+        task = progress.add_task("inspecting", total=len(paths))
+        report = inspect_images(model, paths, out, batch_size, on_progress=lambda n: progress.advance(task, n))
+    table = Table("image", "before", "after", title=f"scores ({len(report.rows)} images)")
+    for row in report.rows[:20]:
+        table.add_row(Path(row.image).name, f"{row.score_before:.4f}", f"{row.score_after:.4f}")
+    Console().print(table)
+    if len(report.rows) > 20:
+        console.print(f"… {len(report.rows) - 20} more rows in scores.csv")
+    for failure in report.failures:
+        console.print(f"[red]skipped:[/] {failure.reason}", highlight=False, soft_wrap=True)
+    console.print(f"wrote maps and scores.csv to {out}", highlight=False)
+    if report.failures:
+        console.print(f"[bold red]error:[/] {len(report.failures)} image(s) could not be read (listed above)")
+        raise typer.Exit(2)
+
+
+@app.command()
+@_friendly_errors
+def inspect(
+    images: Annotated[list[Path], typer.Argument(help="Image files or folders of images.", show_default=False)],
+    class_name: Annotated[str | None, typer.Option("--class-name", "-c", help="Product class, e.g. bottle.")] = None,
+    add: Annotated[list[str], typer.Option("--add", "-a", help="Normality text, optionally 'text:strength'.")] = [],  # noqa: B006
+    config_file: Annotated[Path | None, typer.Option("--config", help="Product line YAML file.")] = None,
+    backbone: Annotated[str | None, typer.Option(help="ViT-L-14-336 (default) or tiny-random.")] = None,
+    weights: Annotated[Path | None, typer.Option(help="open_clip weights (.pt/.bin/.safetensors).")] = None,
+    projections: Annotated[Path | None, typer.Option(help="APRIL-GAN projections checkpoint.")] = None,
+    layers: Annotated[str | None, typer.Option(help="Tapped blocks, e.g. 6,12,18,24.")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("normadd-out"),
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 4,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto, fp32 or bf16 (autocast on CUDA).")] = "auto",
+    llm: Annotated[bool, typer.Option("--llm", help="Ask an OpenAI-compatible endpoint for phrases.")] = False,
+) -> None:
+    """Score images before and after adding normalities; write overlays and scores.csv."""
+    _run_inspection(
+        images,
+        class_name,
+        add,
+        config_file,
+        backbone,
+        weights,
+        projections,
+        layers,
+        out,
+        batch_size,
+        device,
+        precision,
+        llm,
+    )
+
+
+@app.command()
+@_friendly_errors
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("normadd-out/demo"),
+    backbone: Annotated[
+        str, typer.Option(help="'auto': ViT-L-14-336 when its weights are found, else tiny-random.")
+    ] = "auto",
+    weights: Annotated[Path | None, typer.Option(help="open_clip weights for ViT-L-14-336.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Run an inspection on the bundled synthetic bottle sample with 'broken' added as normal."""
+    from normadd.backbone.specs import DEFAULT_BACKBONE, TINY_RANDOM, get_backbone_spec
+    from normadd.backbone.weights import resolve_weights
+    from normadd.sample import write_sample
+
+    if backbone == "auto":
+        try:
+            resolve_weights(get_backbone_spec(DEFAULT_BACKBONE), weights)
+            backbone = DEFAULT_BACKBONE
+        except NormaddError as error:
+            console.print(f"note: {error}", highlight=False, soft_wrap=True)
+            console.print(f"note: running the demo on '{TINY_RANDOM}' instead (random weights)")
+            backbone = TINY_RANDOM
+    sample = write_sample(out / "sample")
+    console.print(f"sample images written to {out / 'sample'}", highlight=False)
+    _run_inspection(
+        sample,
+        "bottle",
+        ["broken"],
+        None,
+        backbone,
+        weights,
+        None,
+        None,
+        out / "maps",
+        4,
+        device,
+        "auto",
+        False,
+    )
+    console.print(f"open {out / 'maps'} to see <image>_before.png, _after.png and _suppression.png", highlight=False)
+
+
+@app.command()
+@_friendly_errors
+def phrases(
+    class_name: Annotated[str, typer.Argument(help="Product class, e.g. capsule.")],
+    text: Annotated[str, typer.Argument(help="Defect text, e.g. poke.")],
+    llm: Annotated[bool, typer.Option("--llm", help="Ask an OpenAI-compatible endpoint.")] = False,
+) -> None:
+    """Show the state phrases a normality text becomes (offline lexicon, or an LLM)."""
+    from normadd.prompts.llm import LLMPhraseGenerator
+    from normadd.prompts.phrases import OfflinePhraseGenerator
+
+    generator = LLMPhraseGenerator() if llm else OfflinePhraseGenerator()
+    for phrase in generator.phrases(class_name, text):
+        typer.echo(phrase)
+
+
+@app.command()
+def backbones() -> None:
+    """List the known backbones with their run size and tapped layers."""
+    from normadd.backbone.specs import BACKBONES
+
+    table = Table("name", "open_clip model", "weights tag", "run size", "layers")
+    for spec in BACKBONES.values():
+        tag = "random init (tests)" if spec.random_init else str(spec.pretrained_tag)
+        table.add_row(spec.name, spec.open_clip_name, tag, str(spec.image_size), ",".join(map(str, spec.layers)))
+    Console().print(table)
+
+
+def main() -> None:
+    """Entry point for ``python -m normadd``."""
+    app(prog_name="normadd")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

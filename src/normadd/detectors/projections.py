@@ -1,0 +1,164 @@
+"""Per-layer linear projections from raw patch tokens into CLIP's joint embedding space.
+
+APRIL-GAN learns one ``nn.Linear(width, embed_dim)`` per tapped layer. They load from a normadd
+checkpoint (which records backbone, layers and dimensions, checked at load) or from the official
+APRIL-GAN checkpoint (``{"trainable_linearlayer": {"fc.<i>.weight", "fc.<i>.bias"}}``). Without a
+checkpoint, a training-free fallback projects every layer through CLIP's own ``ln_post`` + ``proj``.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from normadd.backbone.clip_encoder import ClipEncoder
+from normadd.cache import atomic_write_bytes
+from normadd.errors import WeightsMismatchError, WeightsNotFoundError
+
+FORMAT = "normadd-projections"
+FORMAT_VERSION = 1
+OFFICIAL_KEY = "trainable_linearlayer"
+
+
+class LayerProjections(nn.Module):
+    """Projects each tapped layer's tokens (B, N, width) to (B, N, embed_dim).
+
+    Attributes:
+        kind: "linear" (learned, APRIL-GAN) or "clip-head" (training-free ``ln_post`` + ``proj``).
+        source: Where the weights came from, for users and output files.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        num_layers: int,
+        kind: str = "linear",
+        clip_head: tuple[nn.Module, Tensor] | None = None,
+        source: str = "random init",
+    ) -> None:
+        super().__init__()
+        self.kind = kind
+        self.source = source
+        self.in_dim, self.out_dim, self.num_layers = in_dim, out_dim, num_layers
+        self.fc = nn.ModuleList(nn.Linear(in_dim, out_dim) for _ in range(num_layers if kind == "linear" else 0))
+        self._clip_head = clip_head
+
+    @classmethod
+    def clip_head(cls, encoder: ClipEncoder) -> LayerProjections:
+        """The training-free fallback: CLIP's ``ln_post`` and ``proj`` for every layer."""
+        visual = encoder.model.visual
+        return cls(
+            encoder.width,
+            encoder.embed_dim,
+            len(encoder.spec.layers),
+            kind="clip-head",
+            clip_head=(visual.ln_post, visual.proj),
+            source="training-free fallback (CLIP ln_post + proj; no trained projections given)",
+        )
+
+    def forward(self, tokens: list[Tensor]) -> list[Tensor]:
+        """Project each layer's tokens with that layer's projection."""
+        if len(tokens) != self.num_layers:
+            raise WeightsMismatchError(
+                f"projections are for {self.num_layers} layers but {len(tokens)} were tapped: "
+                "tap the layers the projections were trained on"
+            )
+        if self._clip_head is not None:
+            ln_post, proj = self._clip_head
+            return [ln_post(t) @ proj for t in tokens]
+        return [fc(t) for fc, t in zip(self.fc, tokens, strict=True)]
+
+    @property
+    def description(self) -> str:
+        """One line naming the projections."""
+        return f"{self.kind} projections ({self.source})"
+
+
+def save_projections(projections: LayerProjections, encoder: ClipEncoder, path: str | Path) -> None:
+    """Write a normadd projections checkpoint atomically (temporary file, then rename)."""
+    if projections.kind != "linear":
+        raise ValueError("only learned linear projections can be saved")
+    payload: dict[str, Any] = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "backbone": encoder.spec.name,
+        "open_clip_name": encoder.spec.open_clip_name,
+        "layers": list(encoder.spec.layers),
+        "in_dim": projections.in_dim,
+        "out_dim": projections.out_dim,
+        "state_dict": {k: v.detach().cpu() for k, v in projections.state_dict().items()},
+    }
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _read(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise WeightsNotFoundError(f"projections file {path} does not exist: fix --projections")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise WeightsMismatchError(
+            f"projections file {path} cannot be read ({type(error).__name__}): pass a normadd or "
+            "APRIL-GAN projections checkpoint"
+        ) from None
+    if not isinstance(checkpoint, dict):
+        raise WeightsMismatchError(f"projections file {path} holds no state dict: pass a projections checkpoint")
+    return checkpoint
+
+
+def load_projections(path: str | Path, encoder: ClipEncoder) -> LayerProjections:
+    """Load projections for ``encoder``, checking backbone, layers and shapes.
+
+    Accepts a normadd checkpoint or the official APRIL-GAN one.
+
+    Raises:
+        WeightsNotFoundError: The file does not exist.
+        WeightsMismatchError: It is unreadable or made for another backbone or layers.
+    """
+    path = Path(path)
+    checkpoint = _read(path)
+    num_layers = len(encoder.spec.layers)
+    if checkpoint.get("format") == FORMAT:
+        if checkpoint.get("version") != FORMAT_VERSION:
+            raise WeightsMismatchError(
+                f"projections file {path} has format version {checkpoint.get('version')}, "
+                f"this normadd reads {FORMAT_VERSION}: retrain or upgrade normadd"
+            )
+        if checkpoint["backbone"] != encoder.spec.name or tuple(checkpoint["layers"]) != encoder.spec.layers:
+            raise WeightsMismatchError(
+                f"projections file {path} was made for backbone '{checkpoint['backbone']}' layers "
+                f"{checkpoint['layers']}, not '{encoder.spec.name}' layers {list(encoder.spec.layers)}: "
+                "use the matching --backbone/--layers or retrain"
+            )
+        state_dict = checkpoint["state_dict"]
+        source = f"normadd checkpoint {path}"
+    elif OFFICIAL_KEY in checkpoint:
+        state_dict = checkpoint[OFFICIAL_KEY]
+        source = f"APRIL-GAN checkpoint {path}"
+    else:
+        raise WeightsMismatchError(
+            f"projections file {path} is neither a normadd nor an APRIL-GAN checkpoint "
+            f"(no '{OFFICIAL_KEY}' or 'format' key): pass a projections checkpoint"
+        )
+    projections = LayerProjections(encoder.width, encoder.embed_dim, num_layers, source=source)
+    expected = {k: tuple(v.shape) for k, v in projections.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state_dict.items()}
+    if expected != found:
+        in_found = found.get("fc.0.weight", (None, None))[1]
+        raise WeightsMismatchError(
+            f"projections file {path} does not fit '{encoder.spec.name}': it has "
+            f"{len([k for k in found if k.endswith('.weight')])} layers of input width {in_found}, the "
+            f"backbone needs {num_layers} of {encoder.width} -> {encoder.embed_dim}: pass projections "
+            "trained for this backbone"
+        )
+    projections.load_state_dict(state_dict)
+    return projections.eval().requires_grad_(False).to(encoder.runtime.device)

@@ -1,0 +1,41 @@
+"""Build a ready :class:`NormalityAddition` from a :class:`LineConfig` (the API the CLI uses)."""
+
+from __future__ import annotations
+
+from normadd.backbone.clip_encoder import ClipEncoder
+from normadd.config import LineConfig
+from normadd.detectors.aprilgan import AprilGanDetector
+from normadd.detectors.projections import load_projections
+from normadd.normality.addition import NormalityAddition
+from normadd.normality.text_normality import NormalityDetector
+from normadd.prompts.llm import LLMPhraseGenerator
+from normadd.prompts.phrases import OfflinePhraseGenerator, PhraseGenerator
+from normadd.runtime import Runtime
+
+
+def build_addition(config: LineConfig, runtime: Runtime | None = None) -> NormalityAddition:
+    """APRIL-GAN detector on the configured backbone, wrapped with the configured normalities.
+
+    Detector and normality detector share the encoder, projections and text cache, so each
+    image goes through CLIP once.
+    """
+    encoder = ClipEncoder.from_name(
+        config.backbone,
+        weights=config.weights,
+        layers=tuple(config.layers) if config.layers else None,
+        runtime=runtime,
+    )
+    projections = load_projections(config.projections, encoder) if config.projections else None
+    detector = AprilGanDetector(encoder, config.class_name, projections)
+    generator: PhraseGenerator = LLMPhraseGenerator() if config.phrase_generator == "llm" else OfflinePhraseGenerator()
+    normality_detector = NormalityDetector(
+        encoder,
+        config.class_name,
+        projections=detector.projections,
+        text_embedder=detector.text_embedder,
+        phrase_generator=generator,
+    )
+    addition = NormalityAddition(detector, normality_detector=normality_detector)
+    for setting in config.normalities:
+        addition.add(setting.text, setting.strength, setting.name)
+    return addition

@@ -1,0 +1,127 @@
+"""Run a normality addition over image files and write maps, overlays and ``scores.csv``.
+
+Per image: ``<stem>_before.png``, ``<stem>_after.png`` and ``<stem>_suppression.png`` (heat-map
+overlays, before/after on one colour scale), then one ``scores.csv`` (image, score_before,
+score_after, …) and ``run.json`` (model, normalities with their phrases, failures). Unreadable
+images are listed as failures; the rest of the batch still runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from normadd.cache import atomic_write_bytes
+from normadd.images import LoadFailure, load_batch, output_stems
+from normadd.normality.addition import AdditionResult, NormalityAddition
+from normadd.visualize import heat_overlay, save_png, with_caption
+
+SCORE_COLUMNS = ("image", "score_before", "score_after", "normalities", "model")
+
+
+@dataclass
+class ScoreRow:
+    """One inspected image."""
+
+    image: str
+    score_before: float
+    score_after: float
+    output_stem: str
+
+
+@dataclass
+class InspectionReport:
+    """What a run produced."""
+
+    rows: list[ScoreRow] = field(default_factory=list)
+    failures: list[LoadFailure] = field(default_factory=list)
+    out_dir: Path | None = None
+    model: str = ""
+
+
+def _write_overlays(
+    result: AdditionResult, index: int, image, stem: str, out_dir: Path, metadata: dict[str, str], random: bool
+) -> None:
+    vmax = float(result.before[index].max()) or 1.0
+    note = " | RANDOM weights" if random else ""
+    before_score = float(result.before_scores[index])
+    after_score = float(result.after_scores[index])
+    pictures = {
+        "before": (heat_overlay(image, result.before[index], vmax), f"before {before_score:.3f}{note}"),
+        "after": (heat_overlay(image, result.after[index], vmax), f"after {after_score:.3f}{note}"),
+        "suppression": (
+            heat_overlay(image, 1.0 - result.keep[index], 1.0),
+            f"suppression {', '.join(result.names) or 'none'}{note}",
+        ),
+    }
+    for kind, (picture, caption) in pictures.items():
+        save_png(with_caption(picture, caption), out_dir / f"{stem}_{kind}.png", metadata)
+
+
+def inspect_images(
+    model: NormalityAddition,
+    paths: Sequence[Path],
+    out_dir: str | Path,
+    batch_size: int = 4,
+    on_progress: Callable[[int], None] | None = None,
+) -> InspectionReport:
+    """Inspect ``paths`` before and after the added normalities; write everything to ``out_dir``.
+
+    Args:
+        model: The detector wrapped with its normalities.
+        paths: Image files.
+        out_dir: Output folder (created).
+        batch_size: Images per forward pass.
+        on_progress: Called with the number of images handled after each batch.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    encoder = model.normality_detector.encoder
+    report = InspectionReport(out_dir=out, model=model.description)
+    stems = dict(zip(paths, output_stems(paths), strict=True))
+    normalities = "; ".join(f"{n.text}:{n.strength:g}" for n in model.normalities.values())
+    metadata = {"normadd-model": model.description, "normadd-normalities": normalities or "none"}
+    for start in range(0, len(paths), batch_size):
+        chunk = list(paths[start : start + batch_size])
+        loaded, images, failures = load_batch(chunk, model.input_size)
+        report.failures += failures
+        if images is not None:
+            result = model.explain(images)
+            for i, path in enumerate(loaded):
+                _write_overlays(result, i, images[i], stems[path], out, metadata, encoder.is_random)
+                report.rows.append(
+                    ScoreRow(str(path), float(result.before_scores[i]), float(result.after_scores[i]), stems[path])
+                )
+        if on_progress is not None:
+            on_progress(len(chunk))
+    _write_scores(report, out / "scores.csv", normalities)
+    _write_run_record(report, model, out / "run.json")
+    return report
+
+
+def _write_scores(report: InspectionReport, path: Path, normalities: str) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(SCORE_COLUMNS)
+    for row in report.rows:
+        writer.writerow([row.image, f"{row.score_before:.6f}", f"{row.score_after:.6f}", normalities, report.model])
+    atomic_write_bytes(path, buffer.getvalue().encode())
+
+
+def _write_run_record(report: InspectionReport, model: NormalityAddition, path: Path) -> None:
+    record = {
+        "model": report.model,
+        "random_weights": model.normality_detector.encoder.is_random,
+        "shared_clip_pass": model.shares_clip_pass,
+        "normalities": [
+            {"name": n.name, "text": n.text, "strength": n.strength, "phrases": n.phrases}
+            for n in model.normalities.values()
+        ],
+        "images": [asdict(row) for row in report.rows],
+        "failures": [{"path": str(f.path), "reason": f.reason} for f in report.failures],
+    }
+    atomic_write_bytes(path, json.dumps(record, indent=2).encode())

@@ -1,0 +1,23 @@
+"""Normality: the normality detector (text), suppression formulas and NormalityAddition."""
+
+from normadd.normality.addition import AdditionResult, NormalityAddition
+from normadd.normality.suppression import check_map, keep_factor, resize_maps, suppress
+from normadd.normality.text_normality import (
+    SUPPRESSION_SIZE,
+    AddedNormality,
+    NormalityDetector,
+    parse_normality,
+)
+
+__all__ = [
+    "SUPPRESSION_SIZE",
+    "AddedNormality",
+    "AdditionResult",
+    "NormalityAddition",
+    "NormalityDetector",
+    "check_map",
+    "keep_factor",
+    "parse_normality",
+    "resize_maps",
+    "suppress",
+]
