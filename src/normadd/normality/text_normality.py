@@ -104,11 +104,26 @@ class NormalityDetector:
         return AddedNormality(name or cleaned, cleaned, float(strength), phrases, embedding)
 
     @torch.inference_mode()
+    def project(self, features: ClipFeatures) -> list[Tensor]:
+        """Per-layer projected patch tokens (what :meth:`suppression_from_projected` reads)."""
+        with self.encoder.runtime.autocast():
+            return [t.float() for t in self.projections(features.patch_tokens)]
+
+    @torch.inference_mode()
+    def suppression_from_projected(
+        self, projected: list[Tensor], grid_size: tuple[int, int], normalities: list[AddedNormality]
+    ) -> Tensor:
+        """``A_sup`` of every normality from projected tokens: (B, K, size, size) in [0, 1].
+
+        Evaluation caches projected tokens per image and calls this once per group text.
+        """
+        if not normalities:
+            return torch.zeros(projected[0].shape[0], 0, self.size, self.size)
+        embeddings = torch.stack([n.embedding for n in normalities if n.embedding is not None])
+        return segment(projected, self.normal_embedding, embeddings, grid_size, self.size, "mean")
+
     def suppression_maps(self, features: ClipFeatures, normalities: list[AddedNormality]) -> Tensor:
         """``A_sup`` of every normality: (B, K, size, size) in [0, 1]."""
         if not normalities:
             return torch.zeros(features.batch_size, 0, self.size, self.size)
-        with self.encoder.runtime.autocast():
-            projected = [t.float() for t in self.projections(features.patch_tokens)]
-        embeddings = torch.stack([n.embedding for n in normalities if n.embedding is not None])
-        return segment(projected, self.normal_embedding, embeddings, features.grid_size, self.size, "mean")
+        return self.suppression_from_projected(self.project(features), features.grid_size, normalities)
