@@ -268,6 +268,12 @@ def backbones() -> None:
     Console().print(table)
 
 
+# Commands of later stages register below, one line each: `from normadd.<stage>.commands import
+# register as register_<stage>` at the top of this block, then `register_<stage>(app)`.
+# --- stage commands (begin) ---
+# --- stage commands (end) ---
+
+
 def main() -> None:
     """Entry point for ``python -m normadd``."""
     app(prog_name="normadd")
