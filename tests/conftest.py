@@ -1,0 +1,26 @@
+"""Shared test set-up: no network, no writes to the user's cache, real data located beside the repo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data" / "mvtec_ad"
+BOTTLE = SHARED_DATA / "bottle"
+
+
+@pytest.fixture(autouse=True)
+def _offline_and_private_cache(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("NORMADD_OFFLINE", "1")
+    monkeypatch.setenv("NORMADD_CACHE_DIR", str(tmp_path_factory.mktemp("normadd-cache")))
+    monkeypatch.delenv("NORMADD_WEIGHTS", raising=False)
+
+
+@pytest.fixture(scope="session")
+def bottle_dir() -> Path:
+    if not BOTTLE.is_dir():
+        pytest.fail(f"the real bottle data is missing at {BOTTLE}: clone the repo with ../shared beside it")
+    return BOTTLE
