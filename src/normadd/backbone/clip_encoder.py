@@ -9,7 +9,7 @@ the longest prompt of each batch, which the causal mask makes exact (tested agai
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import open_clip
@@ -44,6 +44,18 @@ class ClipFeatures:
     image_embedding: Tensor
     grid_size: tuple[int, int]
     layers: tuple[int, ...]
+    derived: dict[int, list[Tensor]] = field(default_factory=dict, repr=False)
+
+    def projected_by(self, projections: torch.nn.Module) -> list[Tensor]:
+        """Patch tokens through ``projections``, computed once per projections module and batch.
+
+        The detector and the normality detector usually share their projections: the second
+        consumer reads the first one's result instead of projecting again.
+        """
+        key = id(projections)
+        if key not in self.derived:
+            self.derived[key] = [t.float() for t in projections(self.patch_tokens)]
+        return self.derived[key]
 
     @property
     def batch_size(self) -> int:

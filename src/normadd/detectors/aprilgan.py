@@ -74,7 +74,7 @@ class AprilGanDetector:
     def project(self, features: ClipFeatures) -> list[Tensor]:
         """Per-layer projected patch tokens."""
         with self._encoder.runtime.autocast():
-            return [t.float() for t in self.projections(features.patch_tokens)]
+            return features.projected_by(self.projections)
 
     @torch.inference_mode()
     def detect_features(self, features: ClipFeatures) -> DetectionResult:

@@ -107,7 +107,7 @@ class NormalityDetector:
     def project(self, features: ClipFeatures) -> list[Tensor]:
         """Per-layer projected patch tokens (what :meth:`suppression_from_projected` reads)."""
         with self.encoder.runtime.autocast():
-            return [t.float() for t in self.projections(features.patch_tokens)]
+            return features.projected_by(self.projections)
 
     @torch.inference_mode()
     def suppression_from_projected(
