@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from normadd.backbone.clip_encoder import ClipFeatures
 from normadd.detectors.base import ClipFeatureDetector, DetectionResult, Detector, max_scores
 from normadd.errors import NormaddError
 from normadd.normality.suppression import check_map, keep_factor, resize_maps
@@ -121,6 +122,7 @@ class NormalityAddition:
     def explain(self, images: Tensor) -> AdditionResult:
         """Maps before, suppression per normality and after, for RGB images in [0, 1]."""
         encoder = self.normality_detector.encoder
+        features: ClipFeatures | None
         if self.shares_clip_pass:
             assert isinstance(self.detector, ClipFeatureDetector)
             features = encoder.encode_images(encoder.preprocess(images))
