@@ -10,6 +10,9 @@ The CLI, the Python API (and later the service) build the same :class:`LineConfi
       - text: broken
       - text: contamination
         strength: 0.5
+    examples:                 # visual normalities: example images, optional masks
+      - images: [scuff_01.png]
+        masks: [scuff_01_mask.png]
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 import yaml
 
 from normadd.backbone.specs import DEFAULT_BACKBONE
+from normadd.detectors.registry import check_detector_name
 from normadd.errors import NormaddError
 from normadd.normality.text_normality import parse_normality
 from normadd.prompts.validation import clean_text
@@ -44,6 +48,28 @@ class NormalitySetting:
 
 
 @dataclass
+class ExampleSetting:
+    """One visual normality as configured: example images, optional masks (one per image), strength, name."""
+
+    images: list[str]
+    masks: list[str] | None = None
+    strength: float = 1.0
+    name: str | None = None
+
+    @classmethod
+    def parse(cls, item: str | dict[str, Any]) -> ExampleSetting:
+        """From an image path or a mapping (``images``, ``masks``, ``strength``, ``name``)."""
+        if isinstance(item, str):
+            return cls([item])
+        images = item.get("images")
+        if isinstance(images, str):
+            item = {**item, "images": [images]}
+        if isinstance(item.get("masks"), str):
+            item = {**item, "masks": [item["masks"]]}
+        return cls(**item)
+
+
+@dataclass
 class LineConfig:
     """Settings of one product line."""
 
@@ -54,9 +80,19 @@ class LineConfig:
     layers: list[int] | None = None
     phrase_generator: str = "offline"
     normalities: list[NormalitySetting] = field(default_factory=list)
+    examples: list[ExampleSetting] = field(default_factory=list)
+    # Detector (issue 5): "aprilgan" shares the CLIP pass; the others run beside the normality detector.
+    detector: str = "aprilgan"
+    detector_backbone: str | None = None
+    detector_weights: str | None = None
+    shots: int = 0
+    reference: str | None = None
+    maps: str | None = None
+    memory_bank: str | None = None
 
     def __post_init__(self) -> None:
         self.class_name = clean_text(self.class_name, "class name")
+        check_detector_name(self.detector)
         if self.phrase_generator not in PHRASE_GENERATORS:
             raise NormaddError(
                 f"phrase_generator '{self.phrase_generator}' is unknown: use {' or '.join(PHRASE_GENERATORS)}"
@@ -75,7 +111,8 @@ class LineConfig:
         settings = [
             NormalitySetting.parse(item) if isinstance(item, str) else NormalitySetting(**item) for item in items
         ]
-        return cls(**{**data, "normalities": settings})
+        examples = [ExampleSetting.parse(item) for item in data.get("examples") or []]
+        return cls(**{**data, "normalities": settings, "examples": examples})
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> LineConfig:
@@ -102,4 +139,5 @@ class LineConfig:
         """The config as YAML text."""
         data = asdict(self)
         data["normalities"] = [{k: v for k, v in asdict(n).items() if v is not None} for n in self.normalities]
+        data["examples"] = [{k: v for k, v in asdict(e).items() if v is not None} for e in self.examples] or None
         return yaml.safe_dump({k: v for k, v in data.items() if v is not None}, sort_keys=False)

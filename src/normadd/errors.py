@@ -39,3 +39,23 @@ class InvalidMapError(NormaddError, ValueError):
 
 class DeviceError(NormaddError, RuntimeError):
     """A device or precision setting that cannot be honoured."""
+
+
+class InvalidMaskError(NormaddError, ValueError):
+    """A defect mask that is missing, empty or of another size than its image."""
+
+
+class DatasetError(NormaddError, ValueError):
+    """A training dataset that cannot be used (wrong layout, no masks, unknown classes)."""
+
+
+class TrainingDivergedError(NormaddError, RuntimeError):
+    """A training loss that became NaN or infinite."""
+
+
+class ReferenceImagesError(NormaddError, ValueError):
+    """Reference (normal) images for a few-shot or memory-bank detector that cannot be used."""
+
+
+class MemoryBankMismatchError(NormaddError, ValueError):
+    """A PatchCore memory bank file that is unreadable or was built with other settings."""

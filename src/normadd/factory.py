@@ -6,6 +6,7 @@ from normadd.backbone.clip_encoder import ClipEncoder
 from normadd.config import LineConfig
 from normadd.detectors.aprilgan import AprilGanDetector
 from normadd.detectors.projections import load_projections
+from normadd.detectors.registry import build_detector
 from normadd.normality.addition import NormalityAddition
 from normadd.normality.text_normality import NormalityDetector
 from normadd.prompts.llm import LLMPhraseGenerator
@@ -35,7 +36,12 @@ def build_addition(config: LineConfig, runtime: Runtime | None = None) -> Normal
         text_embedder=detector.text_embedder,
         phrase_generator=generator,
     )
-    addition = NormalityAddition(detector, normality_detector=normality_detector)
+    if config.detector != "aprilgan":  # another detector runs beside the APRIL-GAN normality detector
+        addition = NormalityAddition(build_detector(config, runtime), normality_detector=normality_detector)
+    else:
+        addition = NormalityAddition(detector, normality_detector=normality_detector)
     for setting in config.normalities:
         addition.add(setting.text, setting.strength, setting.name)
+    for example in config.examples:
+        addition.add_example(example.images, example.masks, example.strength, example.name)
     return addition

@@ -85,11 +85,18 @@ def inspect_images(
     stems = dict(zip(paths, output_stems(paths), strict=True))
     normalities = "; ".join(f"{n.text}:{n.strength:g}" for n in model.normalities.values())
     metadata = {"normadd-model": model.description, "normadd-normalities": normalities or "none"}
+    # Detectors that read per-image files (saved maps) check them all first, then learn each batch's paths.
+    check_images = getattr(model.detector, "check_images", None)
+    if callable(check_images):
+        check_images(paths)
+    prepare_batch = getattr(model.detector, "prepare_batch", None)
     for start in range(0, len(paths), batch_size):
         chunk = list(paths[start : start + batch_size])
         loaded, images, failures = load_batch(chunk, model.input_size)
         report.failures += failures
         if images is not None:
+            if callable(prepare_batch):
+                prepare_batch(loaded)
             result = model.explain(images)
             for i, path in enumerate(loaded):
                 _write_overlays(result, i, images[i], stems[path], out, metadata, encoder.is_random)

@@ -6,18 +6,21 @@ Like timm's ``pretrained_cfg``, a spec carries everything a caller would otherwi
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import open_clip
 
-from normadd.errors import UnknownBackboneError
+from normadd.errors import UnknownBackboneError, WeightsMismatchError
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 _CONFIG_DIR = Path(__file__).parent / "model_configs"
 TINY_RANDOM = "tiny-random"
+WINCLIP_BACKBONE = "ViT-B-16-plus-240"
+TINY_RANDOM_WINCLIP = "tiny-random-winclip"
 
 
 @dataclass(frozen=True)
@@ -65,14 +68,30 @@ BACKBONES: dict[str, BackboneSpec] = {
         layers=(1, 2, 3, 4),
         random_init=True,
     ),
+    WINCLIP_BACKBONE: BackboneSpec(
+        name=WINCLIP_BACKBONE,
+        open_clip_name="ViT-B-16-plus-240",
+        pretrained_tag="laion400m_e31",
+        image_size=240,
+        layers=(3, 6, 9, 12),
+    ),
+    TINY_RANDOM_WINCLIP: BackboneSpec(
+        name=TINY_RANDOM_WINCLIP,
+        open_clip_name="normadd-tiny-random-winclip",
+        pretrained_tag=None,
+        image_size=48,
+        layers=(1, 2),
+        random_init=True,
+    ),
 }
 
 DEFAULT_BACKBONE = "ViT-L-14-336"
 
 
 def register_open_clip_configs() -> None:
-    """Make normadd's own small model configs (the tiny test backbone) known to open_clip."""
-    if "normadd-tiny-random" not in open_clip.list_models():
+    """Make normadd's own small model configs (every JSON in ``model_configs/``) known to open_clip."""
+    known = set(open_clip.list_models())
+    if any(config.stem not in known for config in _CONFIG_DIR.glob("*.json")):
         open_clip.add_model_config(_CONFIG_DIR)
 
 
@@ -81,6 +100,7 @@ def get_backbone_spec(name: str, layers: tuple[int, ...] | None = None) -> Backb
 
     Raises:
         UnknownBackboneError: ``name`` is not a known backbone.
+        WeightsMismatchError: ``layers`` is empty or not strictly increasing.
     """
     if name not in BACKBONES:
         known = ", ".join(sorted(BACKBONES))
@@ -88,4 +108,9 @@ def get_backbone_spec(name: str, layers: tuple[int, ...] | None = None) -> Backb
     spec = BACKBONES[name]
     if layers is None:
         return spec
+    layers = tuple(layers)
+    if not layers or any(b <= a for a, b in itertools.pairwise(layers)):
+        raise WeightsMismatchError(
+            f"tapped layers {list(layers)} must be a non-empty, strictly increasing list of blocks, e.g. 6,12,18,24"
+        )
     return BackboneSpec(**{**spec.__dict__, "layers": tuple(layers)})
