@@ -1,4 +1,4 @@
-"""Normality: the normality detector (text), suppression formulas and NormalityAddition."""
+"""Normality: the normality detector (text and visual), suppression formulas and NormalityAddition."""
 
 from normadd.normality.addition import AdditionResult, NormalityAddition
 from normadd.normality.suppression import check_map, keep_factor, resize_maps, suppress
@@ -8,6 +8,7 @@ from normadd.normality.text_normality import (
     NormalityDetector,
     parse_normality,
 )
+from normadd.normality.visual import PatchMemory
 
 __all__ = [
     "SUPPRESSION_SIZE",
@@ -15,6 +16,7 @@ __all__ = [
     "AdditionResult",
     "NormalityAddition",
     "NormalityDetector",
+    "PatchMemory",
     "check_map",
     "keep_factor",
     "parse_normality",

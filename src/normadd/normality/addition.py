@@ -6,7 +6,9 @@ each image goes through CLIP once and both read the same tokens.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -23,8 +25,10 @@ class AdditionResult:
     """Everything one batch gives, before and after.
 
     Attributes:
-        before: The detector's maps resized to the suppression size (B, H, W).
-        before_scores: (B,) the detector's own image scores (max of its native map).
+        before: The detector's maps resized to the suppression size (B, H, W) (paper protocol, step 5).
+        before_scores: (B,) max of ``before``, so before and after are scored at one resolution and
+            adding nothing changes no score.
+        detector_scores: (B,) the detector's own scores (max of its native-size map).
         suppression: (B, K, H, W) ``A_sup`` per normality.
         keep: (B, H, W) ``Π_k (1 − s_k A_sup_k)``.
         after: (B, H, W) ``before ⊙ keep``.
@@ -34,6 +38,7 @@ class AdditionResult:
 
     before: Tensor
     before_scores: Tensor
+    detector_scores: Tensor
     suppression: Tensor
     keep: Tensor
     after: Tensor
@@ -79,6 +84,8 @@ class NormalityAddition:
                 self.add(text, strength)
 
     def _insert(self, normality: AddedNormality) -> None:
+        if not 0.0 <= normality.strength <= 1.0:
+            raise ValueError(f"strength of normality '{normality.name}' must be in [0, 1], got {normality.strength}")
         if normality.name in self.normalities:
             raise NormaddError(f"normality '{normality.name}' is already added: remove it first or pick another name")
         self.normalities[normality.name] = normality
@@ -86,6 +93,28 @@ class NormalityAddition:
     def add(self, text: str, strength: float = 1.0, name: str | None = None) -> AddedNormality:
         """Add a normality by text; returns it (with its phrases and ``f_add``)."""
         normality = self.normality_detector.make_normality(text, strength, name)
+        self._insert(normality)
+        return normality
+
+    def add_example(
+        self,
+        images: Sequence[str | Path] | Tensor,
+        masks: Sequence[str | Path | Tensor | None] | Tensor | None = None,
+        strength: float = 1.0,
+        name: str | None = None,
+    ) -> AddedNormality:
+        """Add a visual normality shown by example images of the defect, optionally masked.
+
+        Args:
+            images: Image files, or a (K, 3, H, W) tensor in [0, 1].
+            masks: None (whole images), or one per image: a file, a (H, W) tensor, or None.
+            strength: s in [0, 1].
+            name: Key used to remove it; ``example:<first image>`` when None.
+
+        Raises:
+            InvalidMaskError: A mask of another size than its image, or an empty mask.
+        """
+        normality = self.normality_detector.make_example_normality(images, masks, strength, name)
         self._insert(normality)
         return normality
 
@@ -143,7 +172,8 @@ class NormalityAddition:
         after = before_maps * keep
         return AdditionResult(
             before=before_maps,
-            before_scores=before.scores.float().cpu(),
+            before_scores=max_scores(before_maps),
+            detector_scores=before.scores.float().cpu(),
             suppression=suppression,
             keep=keep,
             after=after,
