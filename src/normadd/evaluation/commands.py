@@ -1,0 +1,146 @@
+"""The ``normadd evaluate`` command: a thin typer layer over :func:`normadd.evaluation.evaluate`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
+    from normadd.evaluation.runner import EvaluationResult
+
+
+class RichProgress:
+    """Shows the runner's stages as rich progress bars."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.task: TaskID | None = None
+
+    def start(self, description: str, total: int) -> None:
+        """Begin a new bar."""
+        self.task = self.progress.add_task(description, total=total)
+
+    def advance(self, count: int) -> None:
+        """Move the current bar on."""
+        if self.task is not None:
+            self.progress.advance(self.task, count)
+
+
+def _cell(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1f}"
+
+
+def results_console_table(result: EvaluationResult) -> Table:
+    """The protocol rows, class means and headline as a rich table."""
+    table = Table(
+        "class", "group", "auroc_before", "auroc_after", "paper_before", "paper_after", title="image AUROC (%)"
+    )
+    for row in result.rows:
+        table.add_row(
+            row.class_name,
+            row.group,
+            _cell(row.auroc_before),
+            _cell(row.auroc_after),
+            _cell(row.paper_before),
+            _cell(row.paper_after),
+        )
+    paper = result.paper_headline
+    table.add_section()
+    table.add_row(
+        "mean over classes",
+        "",
+        _cell(result.headline_before),
+        _cell(result.headline_after),
+        _cell(paper.auroc_before if paper else None),
+        _cell(paper.auroc_after if paper else None),
+    )
+    return table
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``normadd evaluate`` to the CLI."""
+    from normadd.cli import _friendly_errors, _progress, _quiet_libraries, console
+
+    @app.command()
+    @_friendly_errors
+    def evaluate(
+        data: Annotated[Path, typer.Option(help="Dataset root in the MVTec AD layout.", show_default=False)],
+        out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("normadd-eval"),
+        classes: Annotated[str | None, typer.Option(help="Comma-separated classes (default: all).")] = None,
+        groups: Annotated[
+            Path | None,
+            typer.Option(help="YAML mapping class -> group -> list of defect types (default: the MVTec AD groups)."),
+        ] = None,
+        detector: Annotated[
+            str, typer.Option(help="aprilgan, winclip, patchcore, maps or anomalib (their settings: --config).")
+        ] = "aprilgan",
+        config_file: Annotated[Path | None, typer.Option("--config", help="Product line YAML (base settings).")] = None,
+        backbone: Annotated[str | None, typer.Option(help="ViT-L-14-336 (default) or tiny-random.")] = None,
+        weights: Annotated[Path | None, typer.Option(help="open_clip weights (.pt/.bin/.safetensors).")] = None,
+        projections: Annotated[Path | None, typer.Option(help="APRIL-GAN projections checkpoint.")] = None,
+        shots: Annotated[
+            int | None, typer.Option(help="WinCLIP+ few-shot count (normal images from train/good).")
+        ] = None,
+        batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 8,
+        device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+        precision: Annotated[str, typer.Option(help="auto, fp32 or bf16 (autocast on CUDA).")] = "auto",
+        no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the feature cache.")] = False,
+    ) -> None:
+        """Evaluate added normalities with the paper's protocol; write CSVs, report.md and report.html."""
+        from normadd.config import LineConfig
+        from normadd.evaluation.report import write_report
+        from normadd.evaluation.runner import EvaluationSettings, evaluate
+        from normadd.runtime import resolve_runtime
+
+        _quiet_libraries()
+        line = LineConfig.from_yaml(config_file) if config_file is not None else LineConfig(class_name="evaluation")
+        if backbone is not None:
+            line.backbone = backbone
+        if weights is not None:
+            line.weights = str(weights)
+        if projections is not None:
+            line.projections = str(projections)
+        if shots is not None:
+            line.shots = shots
+        runtime = resolve_runtime(device, precision)
+        if runtime.note:
+            console.print(f"note: {runtime.note}", highlight=False)
+        settings = EvaluationSettings(
+            data=data,
+            classes=[c.strip() for c in classes.split(",") if c.strip()] if classes else None,
+            groups_file=groups,
+            detector=detector,
+            line=line,
+            batch_size=batch_size,
+            use_cache=not no_cache,
+            runtime=runtime,
+        )
+        with _progress() as progress:
+            result = evaluate(
+                settings,
+                progress=RichProgress(progress),
+                on_note=lambda line: progress.console.print(f"note: {line}", highlight=False, soft_wrap=True),
+            )
+        if result.random_weights:
+            console.print(
+                "[yellow]warning:[/] RANDOM weights: the numbers test the pipeline, not the method", highlight=False
+            )
+        stdout = Console()
+        if not stdout.is_terminal:
+            stdout = Console(width=120)  # a pipe or file gets the whole table, not an 80-column squeeze
+        stdout.print(results_console_table(result))
+        cost = result.cost
+        console.print(
+            f"{cost.images} images: {cost.detector_passes} detector passes, {cost.clip_passes} CLIP passes, "
+            f"{cost.group_texts} group texts, cache {cost.cache_hits} hits / {cost.cache_misses} misses, "
+            f"{cost.seconds:.1f} s",
+            highlight=False,
+        )
+        written = write_report(result, out, data)
+        console.print(f"wrote {', '.join(p.name for p in written.values())} to {out}", highlight=False)

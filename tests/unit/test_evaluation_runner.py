@@ -1,0 +1,184 @@
+"""The runner on a small synthetic MVTec-layout dataset with the tiny random backbone."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from normadd.cli import app
+from normadd.config import LineConfig
+from normadd.errors import InvalidMapError, NormaddError
+from normadd.evaluation import runner as runner_module
+from normadd.evaluation.runner import EvaluationSettings, Evaluator, line_config
+from normadd.factory import build_addition
+from normadd.normality.addition import NormalityAddition
+
+
+def _noise_png(path: Path, seed: int, mode: str = "RGB") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    if mode == "L":
+        array = np.zeros((48, 48), dtype=np.uint8)
+        array[10 + seed % 20 : 20 + seed % 20, 12:30] = 255
+        Image.fromarray(array, mode="L").save(path)
+    else:
+        Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(path)
+
+
+def _make_class(root: Path, name: str, types: tuple[str, ...], per_type: int = 3) -> None:
+    seed = 0
+    for defect in ("good", *types):
+        for index in range(per_type):
+            seed += 1
+            _noise_png(root / name / "test" / defect / f"{index:03d}.png", seed)
+            if defect != "good":
+                _noise_png(root / name / "ground_truth" / defect / f"{index:03d}_mask.png", seed, mode="L")
+
+
+@pytest.fixture(scope="module")
+def text_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("normadd-cache")
+
+
+@pytest.fixture(autouse=True)
+def _shared_text_cache(monkeypatch: pytest.MonkeyPatch, text_cache: Path) -> None:
+    # Prompts of one class are encoded once for the module; the feature cache stays off so every
+    # test still runs its own detector pass.
+    monkeypatch.setenv("NORMADD_CACHE_DIR", str(text_cache))
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> Path:
+    root = tmp_path / "data"
+    _make_class(root, "widget", ("scratch", "dent", "stain"))
+    _make_class(root, "blank", ())  # no defects at all
+    _make_class(root, "single", ("crack",))  # one group only: one label left
+    return root
+
+
+def _settings(data: Path, classes: list[str], **changes: object) -> EvaluationSettings:
+    line = LineConfig(class_name="widget", backbone="tiny-random")
+    settings = EvaluationSettings(data=data, classes=classes, line=line, batch_size=4, use_cache=False)
+    return dataclasses.replace(settings, **changes)
+
+
+def test_every_measurement_comes_from_one_pass_per_image_and_one_text_per_group(dataset: Path) -> None:
+    result = Evaluator(_settings(dataset, ["widget"])).run()
+    (widget,) = result.classes
+    assert [r.group for r in widget.rows] == ["dent", "scratch", "stain"]
+    assert result.cost.images == 12 and result.cost.detector_passes == 12 and result.cost.clip_passes == 12
+    assert result.cost.group_texts == 3
+    assert all(r.paper_before is None for r in widget.rows)  # the paper has no "widget"
+    assert len(widget.selectivity) == 6  # each added group against the two others
+    assert [p.images for p in widget.pixel] == [9, 9, 9]  # good + the two other types
+    assert [s.held_out for s in widget.several] == ["dent", "scratch", "stain"]
+    assert widget.several[0].added == ("scratch", "stain")
+    assert widget.scores_after.shape == (12, 3)
+    assert (widget.scores_after <= widget.scores_before[:, None] * (1 + 1e-3) + 1e-3).all()
+
+
+def test_bad_classes_are_noted_and_the_run_goes_on(dataset: Path) -> None:
+    notes: list[str] = []
+    result = Evaluator(_settings(dataset, ["missing", "blank", "single", "widget"]), on_note=notes.append).run()
+    assert [c.name for c in result.classes] == ["single", "widget"]
+    assert any("class 'missing' has no folder" in n and "classes found: blank, single, widget" in n for n in notes)
+    assert any("class 'blank' has no defect images" in n for n in notes)
+    assert any("single: group 'crack' leaves one label only" in n for n in notes)
+    single = result.classes[0]
+    assert single.rows[0].auroc_before is None and single.mean_before is None
+    assert result.headline_before == result.classes[1].mean_before  # a class without AUROC does not count
+
+
+def test_a_wrong_size_mask_drops_that_image_from_the_pixel_metrics_only(dataset: Path) -> None:
+    Image.new("L", (10, 10)).save(dataset / "widget" / "ground_truth" / "dent" / "000_mask.png")
+    notes: list[str] = []
+    result = Evaluator(_settings(dataset, ["widget"]), on_note=notes.append).run()
+    assert any("000_mask.png is 10x10 but its image is 48x48" in n for n in notes)
+    assert result.classes[0].pixel[1].images == 8  # scratch added: good + dent (one dropped) + stain
+    assert result.cost.images == 12
+
+
+def test_detectors_that_learn_from_normal_images_get_the_class_train_folder(dataset: Path) -> None:
+    if "detector" not in {f.name for f in dataclasses.fields(LineConfig)}:
+        pytest.skip("no detector factory in this normadd")
+    config = line_config(_settings(dataset, ["widget"], detector="patchcore"), "widget")
+    assert config.detector == "patchcore"
+    assert config.reference == str(dataset / "widget" / "train" / "good")
+    assert config.class_name == "widget" and config.normalities == []
+
+
+def test_nothing_usable_is_one_clear_error(dataset: Path) -> None:
+    with pytest.raises(NormaddError, match="could be evaluated"):
+        Evaluator(_settings(dataset, ["blank"])).run()
+
+
+def test_an_unknown_detector_is_one_clear_error(dataset: Path) -> None:
+    with pytest.raises(NormaddError, match="nonsense"):
+        Evaluator(_settings(dataset, ["widget"], detector="nonsense")).run()
+
+
+def test_the_cli_reads_a_groups_file_and_lists_valid_types_for_a_bad_group(dataset: Path, tmp_path: Path) -> None:
+    groups = tmp_path / "groups.yaml"
+    groups.write_text("widget:\n  marks: [scratch, stain]\n  dent: [dent]\n  bent: [bent]\n")
+    out = tmp_path / "out"
+    args = ["evaluate", "--data", str(dataset), "--classes", "widget", "--groups", str(groups)]
+    result = CliRunner().invoke(app, [*args, "--backbone", "tiny-random", "--out", str(out), "--no-cache"])
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())
+    assert "group 'bent' names defect type(s) bent that do not exist (valid: dent, scratch, stain)" in output
+    with (out / "results.csv").open() as handle:
+        assert [row["group"] for row in csv.DictReader(handle)] == ["marks", "dent"]
+    assert (out / "several.csv").read_text().count("\n") == 1  # two groups: nothing "several" to add
+
+
+def test_the_cli_refuses_a_missing_dataset_in_one_line(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["evaluate", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        f"error: dataset folder {tmp_path / 'nowhere'} does not exist: fix --data"
+    ]
+
+
+def test_an_image_the_detector_refuses_is_skipped_and_its_batch_goes_on(
+    dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    white = dataset / "widget" / "test" / "dent" / "001.png"
+    Image.new("RGB", (48, 48), (255, 255, 255)).save(white)
+    real = runner_module.compute_records
+
+    def refusing(addition, pixels):  # type: ignore[no-untyped-def]
+        if (pixels.flatten(1).mean(dim=1) > 0.99).any():  # stands for a saved map with NaN values
+            raise InvalidMapError("the detector's anomaly map has NaN or infinite values")
+        return real(addition, pixels)
+
+    monkeypatch.setattr(runner_module, "compute_records", refusing)
+    notes: list[str] = []
+    result = Evaluator(_settings(dataset, ["widget"]), on_note=notes.append).run()
+    assert result.cost.images == 11
+    assert [n for n in notes if "image skipped" in n] == [
+        f"widget: image skipped: {white}: the detector's anomaly map has NaN or infinite values"
+    ]
+
+
+def test_a_class_its_detector_cannot_be_built_for_is_skipped(dataset: Path) -> None:
+    def build(config: LineConfig, runtime: object) -> NormalityAddition:
+        if config.class_name == "single":
+            raise NormaddError("PatchCore: no --reference DIR of normal images to fit one: pass --reference DIR")
+        return build_addition(config)
+
+    notes: list[str] = []
+    result = Evaluator(_settings(dataset, ["single", "widget"]), on_note=notes.append, build=build).run()
+    assert [c.name for c in result.classes] == ["widget"]
+    assert "skipped class: single: PatchCore: no --reference DIR" in " ".join(notes)
+
+
+def test_wrong_weights_stop_the_run_with_their_one_line(dataset: Path, tmp_path: Path) -> None:
+    line = LineConfig(class_name="widget", backbone="tiny-random", weights=str(tmp_path / "missing.pt"))
+    with pytest.raises(NormaddError, match=r"missing\.pt \(from --weights\) does not exist"):
+        Evaluator(_settings(dataset, ["single", "widget"], line=line)).run()
