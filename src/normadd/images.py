@@ -7,6 +7,7 @@ filter, as APRIL-GAN's preprocessing (open_clip's ``image_resize_mode='squash'``
 
 from __future__ import annotations
 
+import io
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -137,3 +138,39 @@ def load_batch(paths: Sequence[Path], size: int) -> tuple[list[Path], Tensor | N
         except ImageLoadError as error:
             failures.append(LoadFailure(path, str(error)))
     return loaded, (torch.stack(tensors) if tensors else None), failures
+
+
+def load_image_bytes(data: bytes, size: int, name: str = "upload", max_pixels: int = MAX_PIXELS) -> Tensor:
+    """Decode an uploaded image from memory as a (3, size, size) tensor in [0, 1].
+
+    The same protections as :func:`open_rgb`, for bytes that never touched the disk.
+
+    Args:
+        data: The encoded file (PNG, JPEG, ...).
+        size: Side of the returned tensor.
+        name: How the image is named in error messages (e.g. the upload's file name).
+        max_pixels: Largest accepted width x height.
+
+    Raises:
+        ImageLoadError: Empty, corrupt, truncated, non-image or oversized data.
+    """
+    if not data:
+        raise ImageLoadError(f"{name}: the file is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                if image.width * image.height > max_pixels:
+                    raise ImageLoadError(
+                        f"{name}: {image.width}x{image.height} is over {max_pixels:,} pixels: downscale it first"
+                    )
+                image.load()
+                return to_tensor(_to_rgb(image), size)
+    except ImageLoadError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageLoadError(f"{name}: refused as a possible decompression bomb: downscale it first") from None
+    except UnidentifiedImageError:
+        raise ImageLoadError(f"{name}: not an image file PIL can read (corrupt or wrong format)") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageLoadError(f"{name}: corrupt or truncated image ({error})") from None

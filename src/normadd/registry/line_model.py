@@ -1,0 +1,184 @@
+"""A product line's detector rebuilt from the registry, and changes applied to both at once.
+
+The registry is the source of truth: a :class:`LineModel` loads the line's settings and active
+normalities, reuses each cached ``f_add`` when it was computed by the same encoder (backbone and
+weights fingerprint) and recomputes it otherwise. Adding or removing a normality writes the
+registry first, so a refused or failed write leaves the running model unchanged too.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from normadd.config import LineConfig
+from normadd.factory import build_addition
+from normadd.normality.addition import AdditionResult, NormalityAddition
+from normadd.normality.text_normality import AddedNormality
+from normadd.registry.errors import DuplicateNormalityError
+from normadd.registry.store import LineRecord, NormalityRecord, Registry
+from normadd.runtime import Runtime
+
+NAMED_SETTINGS = ("class_name", "detector", "backbone", "weights", "projections", "layers", "phrase_generator")
+NOT_STORED = ("normalities", "examples")  # active normalities live in their own table
+
+
+def line_config(line: LineRecord) -> LineConfig:
+    """The :class:`LineConfig` of a stored line (without its normalities)."""
+    data = {**line.settings, **{key: getattr(line, key) for key in NAMED_SETTINGS}}
+    known = set(LineConfig.__dataclass_fields__)
+    return LineConfig.from_dict({k: v for k, v in data.items() if k in known}, f"line '{line.name}'")
+
+
+def line_record(name: str, config: LineConfig) -> LineRecord:
+    """The :class:`LineRecord` a config describes, under ``name``."""
+    data = {k: v for k, v in asdict(config).items() if k not in NOT_STORED and v is not None}
+    named = {key: data.pop(key) for key in NAMED_SETTINGS if key in data}
+    return LineRecord(name=name, **named, settings=data)
+
+
+def embedding_to_bytes(embedding: Tensor) -> bytes:
+    """``f_add`` as little-endian float32 bytes."""
+    return embedding.detach().float().cpu().numpy().astype("<f4").tobytes()
+
+
+def embedding_from_bytes(data: bytes) -> Tensor:
+    """The tensor :func:`embedding_to_bytes` wrote."""
+    return torch.from_numpy(np.frombuffer(data, dtype="<f4").copy())
+
+
+class LineModel:
+    """One line's :class:`NormalityAddition`, kept in step with the registry.
+
+    Build it with :meth:`load`. ``explain``, ``add`` and ``remove`` hold one lock, so a forward
+    pass never sees a half-changed set of normalities. When ``explain`` is given the registry it
+    first picks up changes other processes made (e.g. ``normadd normality add`` on the CLI).
+    """
+
+    def __init__(self, line: LineRecord, addition: NormalityAddition) -> None:
+        self.line = line
+        self.addition = addition
+        self.revision = -1
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, registry: Registry, name: str, runtime: Runtime | None = None) -> LineModel:
+        """Build the line's detector and restore its active normalities.
+
+        Raises:
+            LineNotFoundError: No such line.
+            NormaddError: The line's backbone or weights cannot be loaded.
+        """
+        line = registry.line(name)
+        model = cls(line, build_addition(line_config(line), runtime))
+        model._restore(registry)
+        return model
+
+    def _restore(self, registry: Registry) -> None:
+        """Make the active normalities those of the registry (called with the lock held or before sharing)."""
+        self.revision = registry.revision(self.line.name)  # read first: a later change is picked up next time
+        detector = self.addition.normality_detector
+        identity = detector.encoder.identity
+        current = self.addition.normalities
+        restored: dict[str, AddedNormality] = {}
+        for stored in registry.normalities(self.line.name):
+            known = current.get(stored.name)
+            if known is not None and (known.text, known.strength) == (stored.text, stored.strength):
+                restored[stored.name] = known
+            elif stored.embedding is not None and stored.embedding_backbone == identity:
+                embedding = embedding_from_bytes(stored.embedding)
+                restored[stored.name] = AddedNormality(
+                    stored.name, stored.text, stored.strength, stored.phrases, embedding
+                )
+            else:  # computed with other weights: the phrases are re-encoded by this encoder
+                restored[stored.name] = detector.make_normality(stored.text, stored.strength, stored.name)
+        current.clear()
+        current.update(restored)
+
+    @property
+    def input_size(self) -> int:
+        """Side of the images the detector takes."""
+        return self.addition.input_size
+
+    @property
+    def is_random(self) -> bool:
+        """True when the backbone has random weights (maps are not meaningful)."""
+        return self.addition.normality_detector.encoder.is_random
+
+    def explain(self, images: Tensor, registry: Registry | None = None) -> AdditionResult:
+        """Maps and scores before and after the active normalities (those of ``registry`` when given)."""
+        with self._lock:
+            if registry is not None and registry.revision(self.line.name) != self.revision:
+                self._restore(registry)
+            return self.addition.explain(images)
+
+    def add(
+        self, registry: Registry, text: str, strength: float, who: str, why: str = "", name: str | None = None
+    ) -> NormalityRecord:
+        """Compute a normality's phrases and ``f_add``, store it, then make it active here.
+
+        Raises:
+            InvalidTextError: Empty or malformed text.
+            ValueError: Strength outside [0, 1].
+            DuplicateNormalityError: Already active on this line.
+        """
+        with self._lock:
+            normality = self.addition.normality_detector.make_normality(text, strength, name)
+            if normality.name in self.addition.normalities:
+                raise DuplicateNormalityError(
+                    f"normality '{normality.name}' is already active on line '{self.line.name}': "
+                    "remove it first to change it"
+                )
+            assert normality.embedding is not None
+            record = NormalityRecord(
+                name=normality.name,
+                text=normality.text,
+                strength=normality.strength,
+                phrases=list(normality.phrases),
+                embedding=embedding_to_bytes(normality.embedding),
+                embedding_backbone=self.addition.normality_detector.encoder.identity,
+            )
+            stored = registry.add_normality(self.line.name, record, who, why)
+            self.addition.normalities[normality.name] = normality
+            return stored
+
+    def remove(self, registry: Registry, name: str, who: str, why: str = "") -> NormalityRecord:
+        """Deactivate a normality in the registry, then here.
+
+        Raises:
+            NormalityNotFoundError: Not active on this line.
+        """
+        with self._lock:
+            removed = registry.remove_normality(self.line.name, name, who, why)
+            self.addition.normalities.pop(name, None)
+            return removed
+
+    def active(self) -> list[dict[str, object]]:
+        """Name and strength of each active normality (what an inspection record keeps)."""
+        return [{"name": n.name, "strength": n.strength} for n in self.addition.normalities.values()]
+
+
+def create_line(
+    registry: Registry,
+    name: str,
+    config: LineConfig,
+    who: str,
+    why: str = "",
+    runtime: Runtime | None = None,
+) -> LineModel | None:
+    """Create a line from a config; its configured normalities become active (and audited).
+
+    Returns:
+        The loaded model when the config had normalities (it was needed to encode them), else None.
+    """
+    registry.create_line(line_record(name, config), who, why)
+    if not config.normalities:
+        return None
+    model = LineModel.load(registry, name, runtime)
+    for setting in config.normalities:
+        model.add(registry, setting.text, setting.strength, who, why or "from the line config", setting.name)
+    return model

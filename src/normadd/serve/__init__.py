@@ -1,0 +1,1 @@
+"""The REST service and web page: ``create_app`` (FastAPI) and ``normadd serve`` (uvicorn)."""

@@ -1,0 +1,483 @@
+"""The FastAPI app: inspections, normalities and the audit log of product lines, plus the web page.
+
+``create_app(settings)`` builds it; every ``/v1`` route needs an ``X-API-Key`` header. Each
+line's model is loaded once (the configured line at start-up, others on first use) and its
+inspections go through one :class:`MicroBatcher`. Bad input is answered with a JSON error
+(``{"error": code, "detail": message}``) and a 4xx code, and leaves the registry unchanged.
+
+FastAPI reads the route signatures at run time, so this module does not postpone annotations.
+"""
+
+import asyncio
+import base64
+import functools
+import hashlib
+import hmac
+import io
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import torch
+from fastapi import Depends, FastAPI, File, Query, Request, Security, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.security import APIKeyHeader
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from torch import Tensor
+
+from normadd.errors import ImageLoadError, InvalidTextError, NormaddError
+from normadd.images import load_image_bytes
+from normadd.normality.addition import AdditionResult
+from normadd.registry.errors import (
+    DuplicateNormalityError,
+    LineExistsError,
+    LineNotFoundError,
+    NormalityNotFoundError,
+)
+from normadd.registry.line_model import LineModel, create_line, line_record
+from normadd.registry.store import InspectionRecord, NormalityRecord, Registry
+from normadd.runtime import resolve_runtime
+from normadd.serve import schemas
+from normadd.serve.batching import MicroBatcher
+from normadd.serve.settings import ServiceConfig
+from normadd.visualize import heat_overlay
+
+logger = logging.getLogger(__name__)
+STATIC = Path(__file__).parent / "static"
+MAP_SIZE = 256
+MAX_NAME_CHARS = 200  # of an upload's file name, as kept in the audit log
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": schemas.ErrorOut} for code in (401, 404, 409, 413)}
+STATUS_OF: list[tuple[type[Exception], int, str]] = [
+    (LineNotFoundError, 404, "unknown_line"),
+    (NormalityNotFoundError, 404, "unknown_normality"),
+    (DuplicateNormalityError, 409, "duplicate_normality"),
+    (LineExistsError, 409, "line_exists"),
+    (ImageLoadError, 422, "bad_image"),
+    (InvalidTextError, 422, "bad_text"),
+    (NormaddError, 422, "bad_request"),
+    (ValueError, 422, "bad_value"),
+]
+
+
+class ApiError(HTTPException):
+    """An HTTP error with a code word; raised anywhere in a request, answered as JSON."""
+
+    def __init__(self, status_code: int, error: str, detail: str) -> None:
+        super().__init__(status_code, detail)
+        self.error = error
+
+
+class BodyLimit:
+    """ASGI middleware refusing request bodies over their limit (413) before they are parsed.
+
+    Inspections may carry ``max_upload_bytes``; every other request (JSON) at most
+    ``max_json_bytes``. Checks ``Content-Length`` first and counts streamed bytes too, so a
+    chunked upload cannot get around it.
+    """
+
+    def __init__(self, app: ASGIApp, max_upload_bytes: int, max_json_bytes: int = 64 * 1024) -> None:
+        self.app = app
+        self.max_upload_bytes = max_upload_bytes
+        self.max_json_bytes = max_json_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on, or answer 413 once its body is over the limit."""
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        if scope["path"].endswith("/inspect"):
+            limit = self.max_upload_bytes
+            message = f"the upload is over {limit:,} bytes: send fewer or smaller images"
+        else:
+            limit = self.max_json_bytes
+            message = f"the request body is over {limit:,} bytes"
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            await _send_json(send, 413, {"error": "upload_too_large", "detail": message})
+            return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            event = await receive()
+            received += len(event.get("body", b""))
+            if received > limit:
+                raise ApiError(413, "upload_too_large", message)  # FastAPI re-raises HTTPExceptions as they are
+            return event
+
+        await self.app(scope, counting_receive, send)
+
+
+async def _send_json(send: Send, status: int, body: dict[str, str]) -> None:
+    data = JSONResponse(body).body
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": data})
+
+
+@dataclass
+class ServedLine:
+    """A loaded line: its model and the batcher its inspections go through."""
+
+    model: LineModel
+    batcher: MicroBatcher
+
+
+class Service:
+    """What the app holds: settings, registry and the loaded lines."""
+
+    def __init__(self, settings: ServiceConfig) -> None:
+        if not settings.api_keys:
+            raise NormaddError(
+                "no API key configured: set NORMADD_API_KEYS='station-1=<secret>' or service.api_keys in the config"
+            )
+        self.settings = settings
+        self.runtime = resolve_runtime(settings.device)
+        self.registry = Registry(settings.database)
+        self.lines: dict[str, ServedLine] = {}
+        self._loading = asyncio.Lock()
+        self._keys = [(name, secret.encode()) for name, secret in settings.api_keys.items()]
+
+    def key_name(self, secret: str | None) -> str | None:
+        """The name of the key ``secret`` is, compared in constant time; None when none matches."""
+        if not secret:
+            return None
+        given = secret.encode()
+        found = None
+        for name, expected in self._keys:  # no early exit: timing does not tell which key matched
+            if hmac.compare_digest(given, expected):
+                found = name
+        return found
+
+    def ensure_configured_line(self) -> LineModel | None:
+        """Create the configured line from its config when the registry does not have it yet.
+
+        Returns:
+            The line's model when creating it needed one (to encode configured normalities).
+        """
+        try:
+            stored = self.registry.line(self.settings.line)
+        except LineNotFoundError:
+            return create_line(
+                self.registry,
+                self.settings.line,
+                self.settings.line_config,
+                "normadd serve",
+                "line config",
+                self.runtime,
+            )
+        configured = line_record(self.settings.line, self.settings.line_config)
+        configured.created_at = stored.created_at
+        if configured != stored:
+            logger.warning(
+                "line '%s' in %s has other settings than the config: the registry's are used "
+                "(create a new line to change them)",
+                stored.name,
+                self.registry.path,
+            )
+        return None
+
+    async def line(self, name: str) -> ServedLine:
+        """The loaded line, loading it (once) on first use.
+
+        Raises:
+            LineNotFoundError: No such line in the registry.
+        """
+        if name in self.lines:
+            return self.lines[name]
+        async with self._loading:
+            if name not in self.lines:
+                self.serve(await asyncio.to_thread(LineModel.load, self.registry, name, self.runtime))
+        return self.lines[name]
+
+    def serve(self, model: LineModel) -> ServedLine:
+        """Start serving a loaded line: its inspections go through a new batcher."""
+        batcher = MicroBatcher(
+            functools.partial(model.explain, registry=self.registry),
+            self.settings.batch_max_images,
+            self.settings.batch_wait_ms,
+        )
+        self.lines[model.line.name] = ServedLine(model, batcher)
+        return self.lines[model.line.name]
+
+    async def close(self) -> None:
+        """Stop the batchers and close the registry."""
+        for served in self.lines.values():
+            await served.batcher.stop()
+        self.registry.close()
+
+
+def _png_base64(picture: Any) -> str:
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _maps(result: AdditionResult, index: int, data: bytes, name: str) -> schemas.MapsOut:
+    image = load_image_bytes(data, MAP_SIZE, name)
+    vmax = float(result.before[index].max()) or 1.0  # before and after on one scale, so they compare honestly
+    return schemas.MapsOut(
+        before=_png_base64(heat_overlay(image, result.before[index], vmax)),
+        suppression=_png_base64(heat_overlay(image, 1.0 - result.keep[index], 1.0)),
+        after=_png_base64(heat_overlay(image, result.after[index], vmax)),
+    )
+
+
+def _normality_out(record: NormalityRecord) -> schemas.NormalityOut:
+    return schemas.NormalityOut(
+        name=record.name,
+        text=record.text,
+        strength=record.strength,
+        phrases=record.phrases,
+        added_at=record.added_at,
+        added_by=record.added_by,
+    )
+
+
+def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
+    """The service for ``settings`` (a :class:`ServiceConfig` or the path of its YAML file).
+
+    Raises:
+        NormaddError: Bad config, no API key, or a registry that cannot be opened.
+    """
+    if not isinstance(settings, ServiceConfig):
+        settings = ServiceConfig.from_yaml(settings)
+    service = Service(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        created = await asyncio.to_thread(service.ensure_configured_line)
+        if created is not None:
+            service.serve(created)
+        await service.line(settings.line)  # loads the model now, not on the first request
+        yield
+        await service.close()
+
+    app = FastAPI(
+        title="normadd",
+        summary="Add a normality to a deployed visual anomaly detector by text; audited per product line.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    app.add_middleware(BodyLimit, max_upload_bytes=settings.max_upload_bytes)
+    _add_error_handlers(app)
+    api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="One of the service's API keys.")
+
+    def caller(secret: Annotated[str | None, Security(api_key_header)]) -> str:
+        name = service.key_name(secret)
+        if name is None:
+            word = "missing" if not secret else "not valid"
+            raise ApiError(401, "unauthorized", f"API key {word}: send one of the service's keys in X-API-Key")
+        return name
+
+    Caller = Annotated[str, Depends(caller)]  # noqa: N806 (a type alias, named as one)
+
+    async def run(function: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.to_thread(function, *args)
+
+    @app.get("/healthz", response_model=schemas.HealthOut, tags=["service"])
+    async def healthz() -> schemas.HealthOut:
+        """Liveness; needs no key."""
+        stats = [served.batcher.stats for served in service.lines.values()]
+        return schemas.HealthOut(
+            status="ok",
+            lines_loaded=sorted(service.lines),
+            forward_passes=sum(s.passes for s in stats),
+            images_inspected=sum(s.images for s in stats),
+        )
+
+    @app.get("/v1/lines", response_model=list[schemas.LineOut], responses=ERRORS, tags=["lines"])
+    async def list_lines(who: Caller) -> list[schemas.LineOut]:
+        """The product lines in the registry."""
+        lines = await run(service.registry.lines)
+        return [
+            schemas.LineOut(
+                name=x.name, class_name=x.class_name, detector=x.detector, backbone=x.backbone, created_at=x.created_at
+            )
+            for x in lines
+        ]
+
+    @app.post(
+        "/v1/lines/{line}/inspect",
+        response_model=schemas.InspectionOut,
+        responses={**ERRORS, 422: {"model": schemas.ErrorOut}},
+        tags=["inspection"],
+    )
+    async def inspect(
+        line: str,
+        who: Caller,
+        images: Annotated[list[UploadFile], File(description="One or more image files (PNG, JPEG, …).")],
+        maps: Annotated[bool, Query(description="Also return before/suppression/after overlays as PNG.")] = False,
+    ) -> schemas.InspectionOut:
+        """Scores before and after the line's active normalities; each image is logged in the audit."""
+        served = await service.line(line)
+        if len(images) > settings.max_images_per_request:
+            raise ApiError(
+                413,
+                "too_many_images",
+                f"{len(images)} images in one request: send at most {settings.max_images_per_request}",
+            )
+        contents = [await upload.read() for upload in images]
+        names = [(upload.filename or f"image{i + 1}")[:MAX_NAME_CHARS] for i, upload in enumerate(images)]
+        size = served.model.input_size
+
+        def decode() -> Tensor:
+            return torch.stack(
+                [
+                    load_image_bytes(data, size, name, settings.max_image_pixels)
+                    for data, name in zip(contents, names, strict=True)
+                ]
+            )
+
+        batch = await run(decode)
+        result = await served.batcher.submit(batch)
+        hashes = [hashlib.sha256(data).hexdigest() for data in contents]
+        strengths = {n["name"]: n["strength"] for n in served.model.active()}
+        active: list[dict[str, Any]] = [{"name": name, "strength": strengths.get(name)} for name in result.names]
+        records = [
+            InspectionRecord(sha, float(result.before_scores[i]), float(result.after_scores[i]), active, names[i])
+            for i, sha in enumerate(hashes)
+        ]
+        ids = await run(service.registry.record_inspections, line, records, who)
+        overlays = (
+            await run(
+                lambda: [
+                    _maps(result, i, data, name) for i, (data, name) in enumerate(zip(contents, names, strict=True))
+                ]
+            )
+            if maps
+            else [None] * len(contents)
+        )
+        return schemas.InspectionOut(
+            line=line,
+            model=served.model.addition.description,
+            random_weights=served.model.is_random,
+            normalities=active,
+            results=[
+                schemas.ImageResultOut(
+                    filename=record.filename,
+                    sha256=record.image_sha256,
+                    score_before=record.score_before,
+                    score_after=record.score_after,
+                    audit_id=audit_id,
+                    maps=overlay,
+                )
+                for record, audit_id, overlay in zip(records, ids, overlays, strict=True)
+            ],
+        )
+
+    @app.get(
+        "/v1/lines/{line}/normalities", response_model=schemas.NormalitiesOut, responses=ERRORS, tags=["normalities"]
+    )
+    async def list_normalities(line: str, who: Caller) -> schemas.NormalitiesOut:
+        """The line's active normalities."""
+        records = await run(service.registry.normalities, line)
+        return schemas.NormalitiesOut(line=line, normalities=[_normality_out(r) for r in records])
+
+    @app.post(
+        "/v1/lines/{line}/normalities",
+        status_code=201,
+        response_model=schemas.NormalityOut,
+        responses={**ERRORS, 422: {"model": schemas.ErrorOut}},
+        tags=["normalities"],
+    )
+    async def add_normality(line: str, body: schemas.NormalityIn, who: Caller) -> schemas.NormalityOut:
+        """Make a defect type normal on the line (logged with who and why)."""
+        served = await service.line(line)
+        record = await run(served.model.add, service.registry, body.text, body.strength, who, body.why, body.name)
+        return _normality_out(record)
+
+    @app.delete(
+        "/v1/lines/{line}/normalities/{name}",
+        response_model=schemas.NormalityOut,
+        responses=ERRORS,
+        tags=["normalities"],
+    )
+    async def remove_normality(
+        line: str,
+        name: str,
+        who: Caller,
+        why: Annotated[str, Query(max_length=500, description="Reason, kept in the audit log.")] = "",
+    ) -> schemas.NormalityOut:
+        """Make a defect type anomalous again on the line (logged with who and why)."""
+        served = await service.line(line)
+        record = await run(served.model.remove, service.registry, name, who, why)
+        return _normality_out(record)
+
+    @app.delete(
+        "/v1/lines/{line}/normalities",
+        response_model=schemas.NormalityOut,
+        responses=ERRORS,
+        tags=["normalities"],
+    )
+    async def remove_normality_by_query(
+        line: str,
+        name: Annotated[str, Query(min_length=1, description="The normality's name.")],
+        who: Caller,
+        why: Annotated[str, Query(max_length=500, description="Reason, kept in the audit log.")] = "",
+    ) -> schemas.NormalityOut:
+        """The same as ``DELETE /v1/lines/{line}/normalities/{name}``, with the name as a query parameter."""
+        return await remove_normality(line, name, who, why)
+
+    @app.get("/v1/lines/{line}/audit", response_model=schemas.AuditOut, responses=ERRORS, tags=["audit"])
+    async def audit(
+        line: str,
+        who: Caller,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        action: Annotated[
+            str | None, Query(description="line.create, normality.add, normality.remove, inspect")
+        ] = None,
+        before_id: Annotated[int | None, Query(description="Only rows older than this id (paging).")] = None,
+    ) -> schemas.AuditOut:
+        """The line's audit log, newest first."""
+        await run(service.registry.line, line)
+        entries = await run(service.registry.audit, line, limit, action, before_id)
+        return schemas.AuditOut(line=line, entries=[schemas.AuditEntryOut(**e.__dict__) for e in entries])
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    async def api_error(request: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, HTTPException)
+        code = getattr(error, "error", None) or {404: "not_found", 405: "method_not_allowed"}.get(
+            error.status_code, "http_error"
+        )
+        return JSONResponse({"error": code, "detail": str(error.detail)}, status_code=error.status_code)
+
+    async def validation_error(request: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, RequestValidationError)
+        problems = []
+        for item in error.errors():
+            where = ".".join(str(part) for part in item.get("loc", ()) if part != "body") or "request"
+            problems.append(f"{where}: {item.get('msg', 'invalid')}")
+        return JSONResponse({"error": "invalid_request", "detail": "; ".join(problems)}, status_code=422)
+
+    def known(status: int, code: str) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
+        async def handler(request: Request, error: Exception) -> JSONResponse:
+            return JSONResponse({"error": code, "detail": str(error)}, status_code=status)
+
+        return handler
+
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:
+        logger.exception("unexpected error on %s %s", request.method, request.url.path)
+        detail = f"internal error ({type(error).__name__}): please report it"
+        return JSONResponse({"error": "internal", "detail": detail}, status_code=500)
+
+    app.add_exception_handler(HTTPException, api_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    for exception, status, code in STATUS_OF:
+        app.add_exception_handler(exception, known(status, code))
+    app.add_exception_handler(Exception, unexpected)

@@ -1,0 +1,112 @@
+"""The service's settings: a line config plus a ``database`` path and a ``service`` section.
+
+One YAML file describes the line the service runs and how it runs it::
+
+    class_name: bottle
+    backbone: ViT-L-14-336
+    normalities: [broken]         # seeds a new line; afterwards the registry is the truth
+    database: ./normadd.db
+    service:
+      line: bottle-line-3         # name in the registry (default: the class name)
+      api_keys: {station-1: "…"}  # or NORMADD_API_KEYS="station-1=…,station-2=…"
+
+API keys map a name (written to the audit log as *who*) to a secret (never logged).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from normadd.config import LineConfig
+from normadd.errors import NormaddError
+from normadd.registry.store import DEFAULT_DATABASE
+
+API_KEYS_ENV = "NORMADD_API_KEYS"
+
+
+@dataclass
+class ServiceConfig:
+    """How the service runs one product line.
+
+    Attributes:
+        line: The line's name in the registry.
+        line_config: Its settings; used to create the line when the registry lacks it.
+        database: The registry file.
+        api_keys: Key name -> secret; requests must send one secret in ``X-API-Key``.
+        max_upload_bytes: Largest request body of an inspection (all files together).
+        max_images_per_request: Most files in one inspection request.
+        max_image_pixels: Largest width x height of one image.
+        batch_max_images: Most images in one forward pass.
+        batch_wait_ms: How long the first request of a pass waits for others to join.
+        device: ``auto``, ``cpu`` or ``cuda``.
+    """
+
+    line: str
+    line_config: LineConfig
+    database: Path = DEFAULT_DATABASE
+    api_keys: dict[str, str] = field(default_factory=dict)
+    max_upload_bytes: int = 20_000_000
+    max_images_per_request: int = 16
+    max_image_pixels: int = 40_000_000
+    batch_max_images: int = 16
+    batch_wait_ms: float = 5.0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("max_upload_bytes", "max_images_per_request", "max_image_pixels", "batch_max_images"):
+            if int(getattr(self, name)) < 1:
+                raise NormaddError(f"service.{name} must be at least 1, got {getattr(self, name)}")
+        if self.batch_wait_ms < 0:
+            raise NormaddError(f"service.batch_wait_ms must be >= 0, got {self.batch_wait_ms}")
+        self.database = Path(self.database)
+        self.api_keys = {**self.api_keys, **api_keys_from_env()}
+        for key_name, secret in self.api_keys.items():
+            if not isinstance(secret, str) or len(secret) < 8:
+                raise NormaddError(f"API key '{key_name}' must be a string of at least 8 characters")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> ServiceConfig:
+        """Read the line config with its ``database`` and ``service`` keys.
+
+        Raises:
+            NormaddError: Missing file, bad YAML, unknown keys (one line each).
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise NormaddError(f"config file {path} does not exist: fix --config")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as error:
+            raise NormaddError(f"config file {path} is not valid YAML ({str(error).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise NormaddError(f"config file {path} must be a mapping with at least class_name")
+        database = data.pop("database", None)
+        service: dict[str, Any] = data.pop("service", None) or {}
+        if not isinstance(service, dict):
+            raise NormaddError(f"{path}: 'service' must be a mapping (line, api_keys, limits)")
+        try:
+            line_config = LineConfig.from_dict(data, str(path))
+        except TypeError as error:
+            raise NormaddError(f"config file {path}: {error}") from None
+        known = {f.name for f in fields(cls)} - {"line_config", "database"}
+        unknown = sorted(set(service) - known)
+        if unknown:
+            raise NormaddError(f"{path}: unknown service keys {unknown}; known: {sorted(known)}")
+        if database is not None:  # relative to the config file, so the service finds it from any folder
+            database = Path(database) if Path(database).is_absolute() else path.parent / database
+        service.setdefault("line", line_config.class_name)
+        return cls(line_config=line_config, database=database or DEFAULT_DATABASE, **service)
+
+
+def api_keys_from_env() -> dict[str, str]:
+    """Keys from ``$NORMADD_API_KEYS``: ``name=secret`` items separated by commas."""
+    keys: dict[str, str] = {}
+    for index, item in enumerate(filter(None, (s.strip() for s in os.environ.get(API_KEYS_ENV, "").split(",")))):
+        name, sep, secret = item.partition("=")
+        keys[name.strip() if sep else f"key{index + 1}"] = (secret if sep else name).strip()
+    return keys

@@ -1,0 +1,140 @@
+"""The registry keeps lines, active normalities and an append-only audit log in one SQLite file."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from normadd.errors import NormaddError
+from normadd.registry.errors import (
+    DuplicateNormalityError,
+    LineExistsError,
+    LineNotFoundError,
+    NormalityNotFoundError,
+    SchemaVersionError,
+)
+from normadd.registry.schema import SCHEMA_VERSION
+from normadd.registry.store import InspectionRecord, LineRecord, NormalityRecord, Registry
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Registry:
+    store = Registry(tmp_path / "registry.db")
+    store.create_line(LineRecord("line-1", "bottle", backbone="tiny-random"), "alice", "new line")
+    return store
+
+
+def _scratch(strength: float = 0.5) -> NormalityRecord:
+    return NormalityRecord("scratch", "scratch", strength, ["scratched bottle"], b"\x00" * 16, "tiny-random|x")
+
+
+def test_a_new_database_is_at_the_latest_schema_version_in_wal_mode(tmp_path: Path) -> None:
+    with Registry(tmp_path / "new.db") as store:
+        assert store._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_reopening_a_database_keeps_its_content(registry: Registry) -> None:
+    registry.add_normality("line-1", _scratch(), "alice", "accepted by the customer")
+    registry.close()
+    with Registry(registry.path) as reopened:
+        assert [n.name for n in reopened.normalities("line-1")] == ["scratch"]
+        assert reopened.normalities("line-1")[0].embedding == b"\x00" * 16
+
+
+def test_a_database_from_a_newer_normadd_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "future.db"
+    sqlite3.connect(path).execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(SchemaVersionError, match="upgrade normadd"):
+        Registry(path)
+
+
+def test_a_file_that_is_not_a_database_is_one_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "notes.db"
+    path.write_text("not a database at all, just some text that is long enough " * 20)
+    with pytest.raises(NormaddError, match="cannot be opened"):
+        Registry(path)
+
+
+def test_every_change_is_audited_with_who_and_why(registry: Registry) -> None:
+    registry.add_normality("line-1", _scratch(), "alice", "accepted by the customer")
+    registry.remove_normality("line-1", "scratch", "bob", "customer changed their mind")
+    entries = registry.audit("line-1")
+    assert [(e.action, e.who, e.why) for e in entries] == [
+        ("normality.remove", "bob", "customer changed their mind"),
+        ("normality.add", "alice", "accepted by the customer"),
+        ("line.create", "alice", "new line"),
+    ]
+    assert entries[1].details["phrases"] == ["scratched bottle"]
+
+
+def test_inspections_are_audited_with_image_hash_scores_and_normalities(registry: Registry) -> None:
+    record = InspectionRecord("ab" * 32, 0.9, 0.2, [{"name": "scratch", "strength": 0.5}], "part-7.png")
+    [audit_id] = registry.record_inspections("line-1", [record], "station-1")
+    [entry] = registry.audit("line-1", action="inspect")
+    assert entry.id == audit_id
+    assert entry.details["image_sha256"] == "ab" * 32
+    assert (entry.details["score_before"], entry.details["score_after"]) == (0.9, 0.2)
+    assert entry.details["normalities"] == [{"name": "scratch", "strength": 0.5}]
+
+
+@pytest.mark.parametrize("statement", ["UPDATE audit_log SET who = 'mallory'", "DELETE FROM audit_log"])
+def test_the_audit_log_cannot_be_changed_or_deleted(registry: Registry, statement: str) -> None:
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        registry._db.execute(statement)
+    assert [e.who for e in registry.audit()] == ["alice"]
+
+
+def test_a_duplicate_normality_is_refused_and_changes_nothing(registry: Registry) -> None:
+    registry.add_normality("line-1", _scratch(0.5), "alice")
+    before = registry.audit()
+    with pytest.raises(DuplicateNormalityError, match="already active"):
+        registry.add_normality("line-1", _scratch(0.9), "bob")
+    assert registry.audit() == before
+    assert [n.strength for n in registry.normalities("line-1")] == [0.5]
+
+
+def test_unknown_line_and_normality_name_what_exists(registry: Registry) -> None:
+    with pytest.raises(LineNotFoundError, match=r"known: line-1"):
+        registry.normalities("line-9")
+    with pytest.raises(NormalityNotFoundError, match=r"active: none"):
+        registry.remove_normality("line-1", "scratch", "bob")
+    with pytest.raises(LineExistsError):
+        registry.create_line(LineRecord("line-1", "bottle"), "bob")
+
+
+def test_a_write_that_fails_midway_leaves_nothing_behind(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing_audit(*args: object) -> int:
+        raise OSError("disk full")  # after the normality row is written, before its audit row
+
+    monkeypatch.setattr(registry, "_audit", failing_audit)
+    with pytest.raises(OSError, match="disk full"):
+        registry.add_normality("line-1", _scratch(), "alice")
+    monkeypatch.undo()
+    assert registry.normalities("line-1") == []
+    assert [e.action for e in registry.audit()] == ["line.create"]
+
+
+def test_strength_outside_0_1_is_refused_by_the_schema(registry: Registry) -> None:
+    with pytest.raises(sqlite3.IntegrityError):
+        registry.add_normality("line-1", _scratch(2.0), "alice")
+    assert registry.normalities("line-1") == []
+
+
+def test_an_older_database_gets_the_new_migrations_once_and_keeps_its_data(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from normadd.registry import schema
+
+    registry.add_normality("line-1", _scratch(), "alice")
+    registry.close()
+    added = "ALTER TABLE lines ADD COLUMN site TEXT NOT NULL DEFAULT 'plant-1'"
+    monkeypatch.setattr(schema, "MIGRATIONS", (*schema.MIGRATIONS, added))
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", len(schema.MIGRATIONS))
+    for _ in range(2):  # the second open finds nothing left to do
+        with Registry(registry.path) as upgraded:
+            assert upgraded._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
+            assert upgraded._db.execute("SELECT site FROM lines").fetchone()[0] == "plant-1"
+            assert [row[0] for row in upgraded._db.execute("SELECT name FROM normalities")] == ["scratch"]
