@@ -92,8 +92,12 @@ def _run_inspection(
     device: str,
     precision: str,
     llm: bool,
+    examples: list[Path] | None = None,
+    masks: list[Path] | None = None,
+    detector_options: dict[str, Any] | None = None,
 ) -> None:
-    from normadd.config import LineConfig, NormalitySetting
+    from normadd.config import ExampleSetting, LineConfig, NormalitySetting
+    from normadd.detectors.registry import check_detector_name
     from normadd.factory import build_addition
     from normadd.images import collect_images
     from normadd.inspection import inspect_images
@@ -121,7 +125,17 @@ def _run_inspection(
             raise NormaddError(f"--layers '{layers}' must be comma-separated block numbers, e.g. 6,12,18,24") from None
     if llm:
         config.phrase_generator = "llm"
+    for key, value in (detector_options or {}).items():
+        if value is not None:
+            setattr(config, key, str(value) if isinstance(value, Path) else value)
+    check_detector_name(config.detector)
     config.normalities += [NormalitySetting.parse(spec) for spec in add]
+    if masks and len(masks) != len(examples or []):
+        raise NormaddError(
+            f"{len(masks)} --mask for {len(examples or [])} --add-example: give one --mask per example, or none"
+        )
+    if examples:
+        config.examples.append(ExampleSetting([str(p) for p in examples], [str(p) for p in masks] if masks else None))
     if batch_size < 1:
         raise NormaddError("--batch-size must be at least 1")
 
@@ -134,14 +148,17 @@ def _run_inspection(
     encoder = model.normality_detector.encoder
     if encoder.is_random:
         console.print(f"[yellow]warning:[/] {encoder.description}", highlight=False)
-    if model.detector.projections.kind == "clip-head":  # type: ignore[attr-defined]
+    if not model.shares_clip_pass and "RANDOM" in model.detector.description:
+        console.print(f"[yellow]warning:[/] detector: {model.detector.description}", highlight=False)
+    if getattr(getattr(model.detector, "projections", None), "kind", None) == "clip-head":
         console.print(
             "note: no --projections given: using the training-free fallback (CLIP ln_post + proj)",
             highlight=False,
         )
     for normality in model.normalities.values():
         console.print(
-            f"added normality '{normality.name}' (strength {normality.strength:g}): {', '.join(normality.phrases)}",
+            f"added normality '{normality.name}' (strength {normality.strength:g}): "
+            f"{', '.join(normality.phrases) or normality.text}",
             highlight=False,
         )
     with _progress() as progress:
@@ -177,8 +194,39 @@ def inspect(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     precision: Annotated[str, typer.Option(help="auto, fp32 or bf16 (autocast on CUDA).")] = "auto",
     llm: Annotated[bool, typer.Option("--llm", help="Ask an OpenAI-compatible endpoint for phrases.")] = False,
+    add_example: Annotated[
+        list[Path], typer.Option("--add-example", help="Example image of a defect to accept (repeatable).")
+    ] = [],  # noqa: B006
+    mask: Annotated[list[Path], typer.Option("--mask", help="Defect mask of each --add-example, in order.")] = [],  # noqa: B006
+    detector: Annotated[
+        str | None, typer.Option(help="aprilgan (default), winclip, patchcore, maps or anomalib.")
+    ] = None,
+    shots: Annotated[int | None, typer.Option(help="WinCLIP reference images: 0 (zero-shot), 1 or 5.")] = None,
+    reference: Annotated[
+        Path | None, typer.Option(help="Folder of normal images (WinCLIP+ shots, PatchCore fit).")
+    ] = None,
+    maps: Annotated[Path | None, typer.Option(help="Folder of saved anomaly maps (--detector maps).")] = None,
+    memory_bank: Annotated[
+        Path | None, typer.Option(help="PatchCore memory bank: loaded if it exists, else fitted and saved.")
+    ] = None,
+    detector_backbone: Annotated[
+        str | None, typer.Option(help="Detector's backbone (WinCLIP: ViT-B-16-plus-240; PatchCore: wide_resnet50_2).")
+    ] = None,
+    detector_weights: Annotated[
+        Path | None,
+        typer.Option(help="Detector weights: open_clip file, torchvision state_dict or 'random', anomalib model."),
+    ] = None,
 ) -> None:
     """Score images before and after adding normalities; write overlays and scores.csv."""
+    detector_options = {
+        "detector": detector,
+        "shots": shots,
+        "reference": reference,
+        "maps": maps,
+        "memory_bank": memory_bank,
+        "detector_backbone": detector_backbone,
+        "detector_weights": detector_weights,
+    }
     _run_inspection(
         images,
         class_name,
@@ -193,6 +241,9 @@ def inspect(
         device,
         precision,
         llm,
+        add_example,
+        mask,
+        detector_options,
     )
 
 
@@ -270,6 +321,15 @@ def backbones() -> None:
 # Commands of later stages register below, one line each: `from normadd.<stage>.commands import
 # register as register_<stage>` at the top of this block, then `register_<stage>(app)`.
 # --- stage commands (begin) ---
+from normadd.evaluation.commands import register as register_evaluation  # noqa: E402
+from normadd.registry.commands import register as register_registry  # noqa: E402
+from normadd.serve.commands import register as register_serve  # noqa: E402
+from normadd.training.commands import register as register_training  # noqa: E402
+
+register_training(app)
+register_registry(app)
+register_serve(app)
+register_evaluation(app)
 # --- stage commands (end) ---
 
 

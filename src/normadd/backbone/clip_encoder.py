@@ -9,12 +9,14 @@ the longest prompt of each batch, which the causal mask makes exact (tested agai
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import open_clip
 import torch
 import torch.nn.functional as F  # noqa: N812
+from open_clip.model import resize_pos_embed
 from torch import Tensor
 
 from normadd.backbone.specs import BackboneSpec, get_backbone_spec, register_open_clip_configs
@@ -61,6 +63,52 @@ class ClipFeatures:
     def batch_size(self) -> int:
         """Number of images in the batch."""
         return int(self.image_embedding.shape[0])
+
+
+def _is_torchscript(path: Path) -> bool:
+    """True for a TorchScript archive (OpenAI's own CLIP ``.pt`` files are TorchScript)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("constants.pkl") or "/code/" in name for name in archive.namelist())
+
+
+def _create_model(spec: BackboneSpec, weights: Path | None) -> open_clip.CLIP:
+    """Build the open_clip model at the run size; load and check ``weights`` when given.
+
+    open_clip interpolates the position embeddings to the run size while loading. TorchScript
+    archives are read with ``torch.jit.load`` (open_clip's loader refuses them under
+    ``weights_only``) and go through the same open_clip conversion.
+
+    Raises:
+        WeightsMismatchError: The file cannot be read or does not fit the backbone.
+    """
+    try:
+        if weights is None or not _is_torchscript(weights):
+            return open_clip.create_model(
+                spec.open_clip_name,
+                pretrained=str(weights) if weights else None,
+                force_image_size=spec.image_size,
+                device="cpu",
+            )
+        model = open_clip.create_model(spec.open_clip_name, force_image_size=spec.image_size, device="cpu")
+        state_dict = torch.jit.load(str(weights), map_location="cpu").state_dict()
+        for key in ("input_resolution", "context_length", "vocab_size", "attn_mask"):
+            state_dict.pop(key, None)
+        resize_pos_embed(state_dict, model)
+        model.load_state_dict(state_dict, strict=True)
+        return model
+    except RuntimeError as error:  # open_clip's strict load: missing, unexpected or mis-shaped keys
+        detail = (str(error).strip().splitlines() or [""])[0][:160]
+        raise WeightsMismatchError(
+            f"weights {weights} do not fit backbone '{spec.name}' ({detail}): pass the {spec.open_clip_name} checkpoint"
+        ) from None
+    except Exception as error:
+        detail = (str(error).strip().splitlines() or [""])[0][:160]
+        raise WeightsMismatchError(
+            f"weights {weights} cannot be read ({type(error).__name__}: {detail}): pass an open_clip "
+            f"checkpoint (.pt/.bin/.safetensors) of {spec.open_clip_name}"
+        ) from None
 
 
 class ClipEncoder:
@@ -113,18 +161,7 @@ class ClipEncoder:
         register_open_clip_configs()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(spec.seed)
-            try:
-                model = open_clip.create_model(
-                    spec.open_clip_name,
-                    pretrained=str(resolved.path) if resolved.path else None,
-                    force_image_size=spec.image_size,
-                    device="cpu",
-                )
-            except RuntimeError as error:
-                raise WeightsMismatchError(
-                    f"weights {resolved.path} do not fit backbone '{spec.name}' "
-                    f"({str(error).splitlines()[0][:160]}): pass the {spec.open_clip_name} checkpoint"
-                ) from None
+            model = _create_model(spec, resolved.path)
         return cls(model.to(runtime.device), spec, resolved, runtime)
 
     @property

@@ -1,0 +1,242 @@
+"""Per-layer projections: normadd and APRIL-GAN checkpoints, checked at load; CLIP-head fallback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import Tensor
+
+from normadd.backbone import ClipEncoder
+from normadd.detectors import AprilGanDetector, LayerProjections, load_projections, save_projections
+from normadd.detectors.projections import FORMAT, FORMAT_VERSION
+from normadd.errors import NormaddError, WeightsMismatchError, WeightsNotFoundError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def random_tokens(encoder: ClipEncoder, seed: int = 0, batch: int = 2) -> list[Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, 100, encoder.width, generator=generator) for _ in encoder.spec.layers]
+
+
+def seeded_projections(encoder: ClipEncoder, seed: int = 0) -> LayerProjections:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return LayerProjections(encoder.width, encoder.embed_dim, len(encoder.spec.layers))
+
+
+def official_checkpoint(layers: int, out_dim: int, in_dim: int, seed: int = 0) -> dict[str, dict[str, Tensor]]:
+    """What APRIL-GAN's train.py saves: ``{"trainable_linearlayer": LinearLayer.state_dict()}``."""
+    generator = torch.Generator().manual_seed(seed)
+    state: dict[str, Tensor] = {}
+    for i in range(layers):
+        state[f"fc.{i}.weight"] = torch.randn(out_dim, in_dim, generator=generator) * 0.1
+        state[f"fc.{i}.bias"] = torch.randn(out_dim, generator=generator) * 0.1
+    return {"trainable_linearlayer": state}
+
+
+@pytest.fixture(scope="module")
+def two_layer_encoder() -> ClipEncoder:
+    return ClipEncoder.from_name("tiny-random", layers=(2, 4))
+
+
+# --- normadd checkpoints ------------------------------------------------------
+
+
+def test_save_then_load_projects_identically(tiny_encoder: ClipEncoder, tmp_path: Path) -> None:
+    projections = seeded_projections(tiny_encoder, seed=3)
+    path = tmp_path / "deep" / "folder" / "projections.pt"  # parents are created
+    save_projections(projections, tiny_encoder, path)
+    loaded = load_projections(path, tiny_encoder)
+    tokens = random_tokens(tiny_encoder)
+    with torch.no_grad():
+        expected = projections(tokens)
+    got = loaded(tokens)
+    assert len(got) == 4
+    for a, b in zip(got, expected, strict=True):
+        assert a.shape == (2, 100, tiny_encoder.embed_dim)
+        assert torch.equal(a, b)
+    assert loaded.kind == "linear"
+    assert "normadd checkpoint" in loaded.description
+    assert not any(p.requires_grad for p in loaded.parameters())
+
+
+def test_saving_leaves_no_temporary_file(tiny_encoder: ClipEncoder, tmp_path: Path) -> None:
+    save_projections(seeded_projections(tiny_encoder), tiny_encoder, tmp_path / "p.pt")
+    assert [p.name for p in tmp_path.iterdir()] == ["p.pt"]
+
+
+def test_a_normadd_checkpoint_records_backbone_layers_and_dimensions(tiny_encoder: ClipEncoder, tmp_path: Path) -> None:
+    path = tmp_path / "p.pt"
+    save_projections(seeded_projections(tiny_encoder), tiny_encoder, path)
+    payload = torch.load(path, weights_only=True)
+    assert payload["format"] == FORMAT and payload["version"] == FORMAT_VERSION
+    assert payload["backbone"] == "tiny-random"
+    assert payload["layers"] == [1, 2, 3, 4]
+    assert (payload["in_dim"], payload["out_dim"]) == (64, 32)
+
+
+def test_the_clip_head_fallback_cannot_be_saved(tiny_encoder: ClipEncoder, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="linear"):
+        save_projections(LayerProjections.clip_head(tiny_encoder), tiny_encoder, tmp_path / "p.pt")
+
+
+def test_another_backbones_checkpoint_is_refused(
+    tiny_encoder: ClipEncoder, two_layer_encoder: ClipEncoder, tmp_path: Path
+) -> None:
+    path = tmp_path / "two-layers.pt"
+    save_projections(seeded_projections(two_layer_encoder), two_layer_encoder, path)
+    with pytest.raises(WeightsMismatchError, match=r"layers \[2, 4\]"):
+        load_projections(path, tiny_encoder)
+
+
+def test_a_checkpoint_made_for_vit_l_is_refused_by_name(tiny_encoder: ClipEncoder, tmp_path: Path) -> None:
+    path = tmp_path / "vit-l.pt"
+    save_projections(seeded_projections(tiny_encoder), tiny_encoder, path)
+    payload = torch.load(path, weights_only=True)
+    payload["backbone"] = "ViT-L-14-336"
+    torch.save(payload, path)
+    with pytest.raises(WeightsMismatchError, match="ViT-L-14-336"):
+        load_projections(path, tiny_encoder)
+
+
+def test_a_checkpoint_of_another_format_version_is_refused(tiny_encoder: ClipEncoder, tmp_path: Path) -> None:
+    path = tmp_path / "future.pt"
+    save_projections(seeded_projections(tiny_encoder), tiny_encoder, path)
+    payload = torch.load(path, weights_only=True)
+    payload["version"] = FORMAT_VERSION + 1
+    torch.save(payload, path)
+    with pytest.raises(WeightsMismatchError, match="version"):
+        load_projections(path, tiny_encoder)
+
+
+# --- official APRIL-GAN checkpoints -------------------------------------------
+
+
+def test_an_official_aprilgan_checkpoint_projects_like_nn_linear(tiny_encoder: ClipEncoder, tmp_path: Path) -> None:
+    checkpoint = official_checkpoint(4, tiny_encoder.embed_dim, tiny_encoder.width)
+    path = tmp_path / "zero_shot.pth"
+    torch.save(checkpoint, path)
+    loaded = load_projections(path, tiny_encoder)
+    assert "APRIL-GAN checkpoint" in loaded.description
+    tokens = random_tokens(tiny_encoder, seed=1)
+    state = checkpoint["trainable_linearlayer"]
+    for i, (got, t) in enumerate(zip(loaded(tokens), tokens, strict=True)):
+        expected = F.linear(t, state[f"fc.{i}.weight"], state[f"fc.{i}.bias"])
+        assert torch.allclose(got, expected, atol=1e-6)
+
+
+def test_official_layers_are_read_in_order(tiny_encoder: ClipEncoder, tmp_path: Path) -> None:
+    checkpoint = official_checkpoint(4, tiny_encoder.embed_dim, tiny_encoder.width)
+    path = tmp_path / "zero_shot.pth"
+    torch.save(checkpoint, path)
+    loaded = load_projections(path, tiny_encoder)
+    for i in range(4):
+        assert torch.equal(loaded.fc[i].weight, checkpoint["trainable_linearlayer"][f"fc.{i}.weight"])
+
+
+def test_an_official_checkpoint_with_the_wrong_layer_count_is_refused(
+    tiny_encoder: ClipEncoder, tmp_path: Path
+) -> None:
+    path = tmp_path / "three.pth"
+    torch.save(official_checkpoint(3, tiny_encoder.embed_dim, tiny_encoder.width), path)
+    with pytest.raises(WeightsMismatchError, match="3 layers"):
+        load_projections(path, tiny_encoder)
+
+
+def test_an_official_checkpoint_of_the_wrong_width_is_refused(tiny_encoder: ClipEncoder, tmp_path: Path) -> None:
+    path = tmp_path / "vit-l.pth"
+    torch.save(official_checkpoint(4, 768, 1024), path)  # the real ViT-L-14-336 shapes
+    with pytest.raises(WeightsMismatchError, match="input width 1024"):
+        load_projections(path, tiny_encoder)
+
+
+def test_an_official_checkpoint_with_transposed_weights_is_refused(tiny_encoder: ClipEncoder, tmp_path: Path) -> None:
+    path = tmp_path / "transposed.pth"
+    torch.save(official_checkpoint(4, tiny_encoder.width, tiny_encoder.embed_dim), path)
+    with pytest.raises(WeightsMismatchError):
+        load_projections(path, tiny_encoder)
+
+
+# --- unusable files -----------------------------------------------------------
+
+
+def test_a_missing_file_raises_weights_not_found(tiny_encoder: ClipEncoder, tmp_path: Path) -> None:
+    with pytest.raises(WeightsNotFoundError, match="does not exist"):
+        load_projections(tmp_path / "nowhere.pt", tiny_encoder)
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage, not a checkpoint" * 4])
+def test_a_garbage_file_raises_weights_mismatch(tiny_encoder: ClipEncoder, tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "garbage.pt"
+    path.write_bytes(content)
+    with pytest.raises(WeightsMismatchError, match="cannot be read"):
+        load_projections(path, tiny_encoder)
+
+
+def test_a_file_without_a_state_dict_raises_weights_mismatch(tiny_encoder: ClipEncoder, tmp_path: Path) -> None:
+    path = tmp_path / "tensor.pt"
+    torch.save(torch.zeros(3), path)
+    with pytest.raises(WeightsMismatchError, match="no state dict"):
+        load_projections(path, tiny_encoder)
+
+
+def test_a_dict_of_another_kind_raises_weights_mismatch(tiny_encoder: ClipEncoder, tmp_path: Path) -> None:
+    path = tmp_path / "other.pt"
+    torch.save({"model": {"w": torch.zeros(2)}}, path)
+    with pytest.raises(WeightsMismatchError, match="neither a normadd nor an APRIL-GAN"):
+        load_projections(path, tiny_encoder)
+
+
+def test_projections_for_another_number_of_tapped_layers_refuse_to_run(
+    tiny_encoder: ClipEncoder,
+) -> None:
+    projections = seeded_projections(tiny_encoder)
+    with pytest.raises(WeightsMismatchError, match="4 layers but 2"):
+        projections(random_tokens(tiny_encoder)[:2])
+
+
+def test_every_projection_error_is_a_normadd_error() -> None:
+    assert issubclass(WeightsMismatchError, NormaddError)
+    assert issubclass(WeightsNotFoundError, NormaddError)
+
+
+# --- training-free fallback ---------------------------------------------------
+
+
+def test_the_clip_head_fallback_is_ln_post_then_proj(tiny_encoder: ClipEncoder) -> None:
+    projections = LayerProjections.clip_head(tiny_encoder)
+    visual = tiny_encoder.model.visual
+    tokens = random_tokens(tiny_encoder, seed=2)
+    with torch.no_grad():
+        got = projections(tokens)
+        for t, g in zip(tokens, got, strict=True):
+            assert g.shape == (2, 100, tiny_encoder.embed_dim)
+            assert torch.allclose(g, visual.ln_post(t) @ visual.proj, atol=1e-6)
+    assert projections.kind == "clip-head"
+    assert "training-free" in projections.description
+
+
+def test_the_clip_head_fallback_has_no_weights_of_its_own(tiny_encoder: ClipEncoder) -> None:
+    assert len(LayerProjections.clip_head(tiny_encoder).state_dict()) == 0
+
+
+def test_the_detector_without_projections_uses_the_training_free_fallback(
+    tiny_encoder: ClipEncoder,
+) -> None:
+    from normadd.prompts import TextEmbedder
+
+    detector = AprilGanDetector(tiny_encoder, "bottle", text_embedder=TextEmbedder(tiny_encoder, ("a {}.",)))
+    assert detector.projections.kind == "clip-head"
+    assert "training-free" in detector.description
+
+
+def test_the_detector_loads_projections_from_a_file(tiny_encoder: ClipEncoder, tmp_path: Path) -> None:
+    path = tmp_path / "zero_shot.pth"
+    torch.save(official_checkpoint(4, tiny_encoder.embed_dim, tiny_encoder.width), path)
+    detector = AprilGanDetector.from_files(tiny_encoder, "bottle", projections=path)
+    assert detector.projections.kind == "linear"
+    assert "APRIL-GAN checkpoint" in detector.description
