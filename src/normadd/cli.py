@@ -96,7 +96,7 @@ def _run_inspection(
     masks: list[Path] | None = None,
     detector_options: dict[str, Any] | None = None,
 ) -> None:
-    from normadd.config import ExampleSetting, LineConfig, NormalitySetting
+    from normadd.config import ExampleSetting, NormalitySetting, config_from_options
     from normadd.detectors.registry import check_detector_name
     from normadd.factory import build_addition
     from normadd.images import collect_images
@@ -104,20 +104,7 @@ def _run_inspection(
     from normadd.runtime import resolve_runtime
 
     _quiet_libraries()
-    if config_file is not None:
-        config = LineConfig.from_yaml(config_file)
-    elif class_name is None:
-        raise NormaddError("--class-name is required (or --config line.yaml): e.g. --class-name bottle")
-    else:
-        config = LineConfig(class_name=class_name)
-    if class_name is not None:
-        config.class_name = class_name
-    if backbone is not None:
-        config.backbone = backbone
-    if weights is not None:
-        config.weights = str(weights)
-    if projections is not None:
-        config.projections = str(projections)
+    config = config_from_options(config_file, class_name, backbone, weights, projections)
     if layers is not None:
         try:
             config.layers = [int(x) for x in layers.split(",") if x.strip()]

@@ -32,6 +32,24 @@ from normadd.prompts.validation import clean_text
 PHRASE_GENERATORS = ("offline", "llm")
 
 
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file that must hold a mapping.
+
+    Raises:
+        NormaddError: Missing file, bad YAML, or not a mapping (one line each).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise NormaddError(f"config file {path} does not exist: fix --config")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise NormaddError(f"config file {path} is not valid YAML ({str(error).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise NormaddError(f"config file {path} must be a mapping with at least class_name")
+    return data
+
+
 @dataclass
 class NormalitySetting:
     """One added normality as configured: text, strength in [0, 1], optional name."""
@@ -122,14 +140,7 @@ class LineConfig:
             NormaddError: Missing file, bad YAML or bad keys (one line each).
         """
         path = Path(path)
-        if not path.is_file():
-            raise NormaddError(f"config file {path} does not exist: fix --config")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as error:
-            raise NormaddError(f"config file {path} is not valid YAML ({str(error).splitlines()[0]})") from None
-        if not isinstance(data, dict):
-            raise NormaddError(f"config file {path} must be a mapping with at least class_name")
+        data = read_yaml_mapping(path)
         try:
             return cls.from_dict(data, str(path))
         except TypeError as error:
@@ -141,3 +152,32 @@ class LineConfig:
         data["normalities"] = [{k: v for k, v in asdict(n).items() if v is not None} for n in self.normalities]
         data["examples"] = [{k: v for k, v in asdict(e).items() if v is not None} for e in self.examples] or None
         return yaml.safe_dump({k: v for k, v in data.items() if v is not None}, sort_keys=False)
+
+
+def config_from_options(
+    config_file: str | Path | None,
+    class_name: str | None,
+    backbone: str | None = None,
+    weights: str | Path | None = None,
+    projections: str | Path | None = None,
+) -> LineConfig:
+    """The line config a command builds: the YAML file if given, then the options that override it.
+
+    Raises:
+        NormaddError: Neither a config file nor a class name, or a bad config file.
+    """
+    if config_file is not None:
+        config = LineConfig.from_yaml(config_file)
+    elif class_name is None:
+        raise NormaddError("--class-name is required (or --config line.yaml): e.g. --class-name bottle")
+    else:
+        config = LineConfig(class_name=class_name)
+    if class_name is not None:
+        config.class_name = clean_text(class_name, "class name")
+    if backbone is not None:
+        config.backbone = backbone
+    if weights is not None:
+        config.weights = str(weights)
+    if projections is not None:
+        config.projections = str(projections)
+    return config

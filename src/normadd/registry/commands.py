@@ -57,25 +57,11 @@ def register(app: typer.Typer) -> None:
         why: WhyOption = "",
     ) -> None:
         """Create a product line (normalities in its config become active)."""
-        from normadd.config import LineConfig
-        from normadd.errors import NormaddError
+        from normadd.config import config_from_options
         from normadd.registry.line_model import create_line
 
         _quiet_libraries()
-        if config_file is not None:
-            config = LineConfig.from_yaml(config_file)
-        elif class_name is None:
-            raise NormaddError("--class-name is required (or --config line.yaml): e.g. --class-name bottle")
-        else:
-            config = LineConfig(class_name=class_name)
-        if class_name is not None:
-            config.class_name = class_name
-        if backbone is not None:
-            config.backbone = backbone
-        if weights is not None:
-            config.weights = str(weights)
-        if projections is not None:
-            config.projections = str(projections)
+        config = config_from_options(config_file, class_name, backbone, weights, projections)
         with Registry(db) as registry:
             create_line(registry, name, config, who or default_who(), why)
             out.print(f"created line '{name}' ({config.class_name}, {config.backbone}) in {db}", highlight=False)

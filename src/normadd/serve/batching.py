@@ -14,6 +14,7 @@ import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -40,7 +41,7 @@ class BatchStats:
 
 def slice_result(result: AdditionResult, start: int, stop: int) -> AdditionResult:
     """The part of a batch result that belongs to images ``start:stop`` (every per-image tensor field)."""
-    values = {
+    values: dict[str, Any] = {
         item.name: value[start:stop] if isinstance(value := getattr(result, item.name), Tensor) else copy.copy(value)
         for item in dataclasses.fields(result)
     }

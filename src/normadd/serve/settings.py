@@ -20,9 +20,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from normadd.config import LineConfig
+from normadd.config import LineConfig, read_yaml_mapping
 from normadd.errors import NormaddError
 from normadd.registry.store import DEFAULT_DATABASE
 
@@ -77,14 +75,7 @@ class ServiceConfig:
             NormaddError: Missing file, bad YAML, unknown keys (one line each).
         """
         path = Path(path)
-        if not path.is_file():
-            raise NormaddError(f"config file {path} does not exist: fix --config")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as error:
-            raise NormaddError(f"config file {path} is not valid YAML ({str(error).splitlines()[0]})") from None
-        if not isinstance(data, dict):
-            raise NormaddError(f"config file {path} must be a mapping with at least class_name")
+        data = read_yaml_mapping(path)
         database = data.pop("database", None)
         service: dict[str, Any] = data.pop("service", None) or {}
         if not isinstance(service, dict):
