@@ -85,13 +85,18 @@ def open_rgb(path: str | Path) -> Image.Image:
         raise ImageLoadError(f"{path}: file not found")
     if path.stat().st_size == 0:
         raise ImageLoadError(f"{path}: the file is empty")
+    return _decode(path, str(path), MAX_PIXELS)
+
+
+def _decode(source: Path | io.BytesIO, name: str, max_pixels: int) -> Image.Image:
+    """Fully decode an image file or buffer as 8-bit RGB; every failure is one :class:`ImageLoadError` line."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                if image.width * image.height > MAX_PIXELS:
+            with Image.open(source) as image:
+                if image.width * image.height > max_pixels:
                     raise ImageLoadError(
-                        f"{path}: {image.width}x{image.height} is over {MAX_PIXELS:,} pixels "
+                        f"{name}: {image.width}x{image.height} is over {max_pixels:,} pixels "
                         "(possible decompression bomb): downscale it first"
                     )
                 image.load()
@@ -99,11 +104,11 @@ def open_rgb(path: str | Path) -> Image.Image:
     except ImageLoadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageLoadError(f"{path}: refused as a possible decompression bomb: downscale it first") from None
+        raise ImageLoadError(f"{name}: refused as a possible decompression bomb: downscale it first") from None
     except UnidentifiedImageError:
-        raise ImageLoadError(f"{path}: not an image file PIL can read (corrupt or wrong format)") from None
+        raise ImageLoadError(f"{name}: not an image file PIL can read (corrupt or wrong format)") from None
     except (OSError, SyntaxError, ValueError) as error:
-        raise ImageLoadError(f"{path}: corrupt or truncated image ({error})") from None
+        raise ImageLoadError(f"{name}: corrupt or truncated image ({error})") from None
 
 
 def to_tensor(image: Image.Image, size: int) -> Tensor:
@@ -156,21 +161,4 @@ def load_image_bytes(data: bytes, size: int, name: str = "upload", max_pixels: i
     """
     if not data:
         raise ImageLoadError(f"{name}: the file is empty")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
-                if image.width * image.height > max_pixels:
-                    raise ImageLoadError(
-                        f"{name}: {image.width}x{image.height} is over {max_pixels:,} pixels: downscale it first"
-                    )
-                image.load()
-                return to_tensor(_to_rgb(image), size)
-    except ImageLoadError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageLoadError(f"{name}: refused as a possible decompression bomb: downscale it first") from None
-    except UnidentifiedImageError:
-        raise ImageLoadError(f"{name}: not an image file PIL can read (corrupt or wrong format)") from None
-    except (OSError, SyntaxError, ValueError) as error:
-        raise ImageLoadError(f"{name}: corrupt or truncated image ({error})") from None
+    return to_tensor(_decode(io.BytesIO(data), name, max_pixels), size)
