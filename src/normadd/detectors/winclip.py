@@ -27,6 +27,7 @@ from torch import Tensor
 from normadd.backbone.clip_encoder import ClipEncoder
 from normadd.cache import atomic_write_bytes, cache_dir, cache_key
 from normadd.detectors.base import DetectionResult, max_scores
+from normadd.prompts.templates import NORMAL_STATES
 from normadd.prompts.validation import clean_text
 
 TEMPERATURE = 0.07  # CLIP's temperature, as WinCLIP's eq. 1 uses it
@@ -34,15 +35,7 @@ SCALES = (2, 3)
 IMAGE_SCORES = ("max", "native")
 
 # WinCLIP's compositional prompt ensemble: state words x templates (facts from the paper's appendix).
-NORMAL_STATES: tuple[str, ...] = (
-    "{}",
-    "flawless {}",
-    "perfect {}",
-    "unblemished {}",
-    "{} without flaw",
-    "{} without defect",
-    "{} without damage",
-)
+# Its 7 normal states are APRIL-GAN's (normadd.prompts.templates.NORMAL_STATES); the rest differ.
 ANOMALOUS_STATES: tuple[str, ...] = ("damaged {}", "{} with flaw", "{} with defect", "{} with damage")
 TEMPLATES: tuple[str, ...] = (
     "a cropped photo of the {}.",

@@ -93,19 +93,15 @@ def register(app: typer.Typer) -> None:
         no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the feature cache.")] = False,
     ) -> None:
         """Evaluate added normalities with the paper's protocol; write CSVs, report.md and report.html."""
-        from normadd.config import LineConfig
+        from normadd.config import config_from_options
         from normadd.evaluation.report import write_report
         from normadd.evaluation.runner import EvaluationSettings, evaluate
         from normadd.runtime import resolve_runtime
 
         _quiet_libraries()
-        line = LineConfig.from_yaml(config_file) if config_file is not None else LineConfig(class_name="evaluation")
-        if backbone is not None:
-            line.backbone = backbone
-        if weights is not None:
-            line.weights = str(weights)
-        if projections is not None:
-            line.projections = str(projections)
+        # The class name is a placeholder: each evaluated class gets its own.
+        placeholder = None if config_file is not None else "evaluation"
+        line = config_from_options(config_file, placeholder, backbone, weights, projections)
         if shots is not None:
             line.shots = shots
         runtime = resolve_runtime(device, precision)
