@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from normadd.cli.common import friendly_errors, quiet_libraries
+
 
 def serve(config: Path, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
     """Load the line once and serve it until interrupted.
@@ -26,10 +28,9 @@ def serve(config: Path, host: str = "127.0.0.1", port: int = 8000, log_level: st
 
 def register(app: typer.Typer) -> None:
     """Add the ``serve`` command to the ``normadd`` app."""
-    from normadd.cli import _friendly_errors, _quiet_libraries
 
     @app.command("serve")
-    @_friendly_errors
+    @friendly_errors
     def serve_command(
         config: Annotated[Path, typer.Option("--config", help="Line YAML with database and service settings.")],
         host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
@@ -37,5 +38,5 @@ def register(app: typer.Typer) -> None:
         log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
     ) -> None:
         """Serve inspections, normalities, the audit log and the web page over HTTP (needs the serve extra)."""
-        _quiet_libraries()
+        quiet_libraries()
         serve(config, host, port, log_level)

@@ -9,6 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from normadd.cli.common import console, friendly_errors, progress_bar, quiet_libraries
+
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
@@ -65,10 +67,9 @@ def results_console_table(result: EvaluationResult) -> Table:
 
 def register(app: typer.Typer) -> None:
     """Add ``normadd evaluate`` to the CLI."""
-    from normadd.cli import _friendly_errors, _progress, _quiet_libraries, console
 
     @app.command()
-    @_friendly_errors
+    @friendly_errors
     def evaluate(
         data: Annotated[Path, typer.Option(help="Dataset root in the MVTec AD layout.", show_default=False)],
         out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("normadd-eval"),
@@ -98,7 +99,7 @@ def register(app: typer.Typer) -> None:
         from normadd.evaluation.runner import EvaluationSettings, evaluate
         from normadd.runtime import resolve_runtime
 
-        _quiet_libraries()
+        quiet_libraries()
         # The class name is a placeholder: each evaluated class gets its own.
         placeholder = None if config_file is not None else "evaluation"
         line = config_from_options(config_file, placeholder, backbone, weights, projections)
@@ -117,7 +118,7 @@ def register(app: typer.Typer) -> None:
             use_cache=not no_cache,
             runtime=runtime,
         )
-        with _progress() as progress:
+        with progress_bar() as progress:
             result = evaluate(
                 settings,
                 progress=RichProgress(progress),

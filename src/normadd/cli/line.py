@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from normadd.cli.common import friendly_errors, quiet_libraries
 from normadd.registry.store import DEFAULT_DATABASE, Registry
 
 DbOption = Annotated[Path, typer.Option("--db", help="Registry database file.")]
@@ -30,8 +31,6 @@ def default_who() -> str:
 
 def register(app: typer.Typer) -> None:
     """Add the ``line``, ``normality`` and ``audit`` commands to the ``normadd`` app."""
-    from normadd.cli import _friendly_errors, _quiet_libraries
-
     out = Console()
     line_app = typer.Typer(help="Product lines in the registry.", no_args_is_help=True)
     normality_app = typer.Typer(help="Active normalities of a product line.", no_args_is_help=True)
@@ -40,7 +39,7 @@ def register(app: typer.Typer) -> None:
 
     def command(group: typer.Typer, name: str) -> Callable[[Callable[..., Any]], Any]:
         def decorate(function: Callable[..., Any]) -> Any:
-            return group.command(name)(_friendly_errors(function))
+            return group.command(name)(friendly_errors(function))
 
         return decorate
 
@@ -60,7 +59,7 @@ def register(app: typer.Typer) -> None:
         from normadd.config import config_from_options
         from normadd.registry.line_model import create_line
 
-        _quiet_libraries()
+        quiet_libraries()
         config = config_from_options(config_file, class_name, backbone, weights, projections)
         with Registry(db) as registry:
             create_line(registry, name, config, who or default_who(), why)
@@ -106,7 +105,7 @@ def register(app: typer.Typer) -> None:
         from normadd.registry.line_model import LineModel
         from normadd.runtime import resolve_runtime
 
-        _quiet_libraries()
+        quiet_libraries()
         with Registry(db) as registry:
             model = LineModel.load(registry, line, resolve_runtime(device))
             added = model.add(registry, text, strength, who or default_who(), why, name)
@@ -139,7 +138,7 @@ def register(app: typer.Typer) -> None:
             out.print(f"removed normality '{removed.name}' from line '{line}'", highlight=False)
 
     @app.command("audit")
-    @_friendly_errors
+    @friendly_errors
     def audit(
         line: Annotated[str | None, typer.Argument(help="Only this line.")] = None,
         limit: Annotated[int, typer.Option(help="At most this many rows, newest first.")] = 20,

@@ -11,9 +11,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from normadd.cli.common import console, friendly_errors, quiet_libraries
 from normadd.errors import NormaddError
-
-console = Console(stderr=True)
 
 
 def train_projections(
@@ -33,12 +32,11 @@ def train_projections(
 ) -> None:
     """Train APRIL-GAN's per-layer projections on images with defect masks (CLIP stays frozen)."""
     from normadd.backbone.clip_encoder import ClipEncoder
-    from normadd.cli import _quiet_libraries
     from normadd.runtime import resolve_runtime
     from normadd.training.dataset import MaskedImageDataset
     from normadd.training.trainer import ProjectionTrainer, StepReport, TrainingSettings
 
-    _quiet_libraries()
+    quiet_libraries()
     try:
         tapped = tuple(int(x) for x in layers.split(",") if x.strip()) if layers else None
     except ValueError:
@@ -99,6 +97,4 @@ def train_projections(
 
 def register(app: typer.Typer) -> None:
     """Add ``train-projections`` to the ``normadd`` app (with its one-line error handling)."""
-    from normadd.cli import _friendly_errors
-
-    app.command("train-projections")(_friendly_errors(train_projections))
+    app.command("train-projections")(friendly_errors(train_projections))
