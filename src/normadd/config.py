@@ -30,6 +30,8 @@ from normadd.normality.text_normality import parse_normality
 from normadd.prompts.validation import clean_text
 
 PHRASE_GENERATORS = ("offline", "llm")
+FEATURE_PRECISIONS = ("float32", "float16", "int8")
+DEFAULT_FEATURE_PRECISION = "float16"  # chosen by measurement: docs/how-to/preview-and-go-live.md
 
 
 def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
@@ -87,6 +89,39 @@ class ExampleSetting:
         return cls(**item)
 
 
+@dataclass(frozen=True)
+class RetentionSettings:
+    """A line's ``retain:`` setting.
+
+    Attributes:
+        images: How many of the last inspected images to keep (at least 1).
+        features: Precision of the stored projected tokens: ``float16`` (default), ``float32`` or ``int8``.
+    """
+
+    images: int
+    features: str = DEFAULT_FEATURE_PRECISION
+
+    @classmethod
+    def from_setting(cls, value: Any, source: str = "retain") -> RetentionSettings | None:
+        """Read the ``retain`` value of a line config (None when retention is off).
+
+        Raises:
+            NormaddError: Not a mapping with a positive whole ``images``, or an unknown precision.
+        """
+        if value is None:
+            return None
+        example = "e.g. retain: {images: 200}"
+        if not isinstance(value, dict) or set(value) - {"images", "features"}:
+            raise NormaddError(f"{source} must be a mapping with 'images' (and optionally 'features'): {example}")
+        images = value.get("images")
+        if isinstance(images, bool) or not isinstance(images, int) or images < 1:
+            raise NormaddError(f"{source}.images must be a whole number of images >= 1, got {images!r}: {example}")
+        features = value.get("features", DEFAULT_FEATURE_PRECISION)
+        if features not in FEATURE_PRECISIONS:
+            raise NormaddError(f"{source}.features must be one of {', '.join(FEATURE_PRECISIONS)}, got {features!r}")
+        return cls(images, features)
+
+
 @dataclass
 class LineConfig:
     """Settings of one product line."""
@@ -107,9 +142,12 @@ class LineConfig:
     reference: str | None = None
     maps: str | None = None
     memory_bank: str | None = None
+    # Retention (issue 12): keep the last N inspected images, e.g. {"images": 200}.
+    retain: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.class_name = clean_text(self.class_name, "class name")
+        RetentionSettings.from_setting(self.retain)
         check_detector_name(self.detector)
         if self.phrase_generator not in PHRASE_GENERATORS:
             raise NormaddError(

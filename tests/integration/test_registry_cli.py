@@ -56,7 +56,7 @@ def test_registry_mistakes_are_one_line_and_exit_code_2(tmp_path: Path) -> None:
     _run("line", "create", "line-1", "-c", "bottle", "--backbone", "tiny-random", "--db", db)
     for args, words in [
         (("normality", "list", "line-9", "--db", db), "no product line named 'line-9'"),
-        (("normality", "remove", "line-1", "dent", "--db", db), "no active normality named 'dent'"),
+        (("normality", "remove", "line-1", "dent", "--db", db), "no normality named 'dent'"),
         (("line", "create", "line-1", "-c", "bottle", "--db", db), "already exists"),
         (("normality", "add", "line-1", " ", "--db", db), "normality text is empty"),
     ]:

@@ -87,6 +87,7 @@ def register(app: typer.Typer) -> None:
             for key, value in sorted(line.settings.items()):
                 table.add_row(key, str(value))
             table.add_row("created_at", line.created_at)
+            _add_retention_rows(table, registry, name)
             out.print(table)
             _print_normalities(out, registry, name)
 
@@ -100,27 +101,59 @@ def register(app: typer.Typer) -> None:
         who: WhoOption = None,
         why: WhyOption = "",
         device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "cpu",
+        staged: Annotated[
+            bool, typer.Option("--staged", help="Store it without applying it: preview it, then `normality activate`.")
+        ] = False,
+        until: Annotated[
+            str | None, typer.Option(help="Stop applying it after this time (UTC, ISO 8601, e.g. 2026-12-15T00:00Z).")
+        ] = None,
     ) -> None:
         """Make a defect type normal on a line (phrases and f_add are computed and stored)."""
         from normadd.registry.line_model import LineModel
+        from normadd.registry.schedule import parse_until
         from normadd.runtime import resolve_runtime
 
         quiet_libraries()
         with Registry(db) as registry:
+            ends = parse_until(until, registry.clock()) if until is not None else None
             model = LineModel.load(registry, line, resolve_runtime(device))
-            added = model.add(registry, text, strength, who or default_who(), why, name)
+            state = "staged" if staged else "active"
+            added = model.add(registry, text, strength, who or default_who(), why, name, state, ends)
+            verb = "staged" if staged else "added"
+            ending = f", until {added.until}" if added.until else ""
             out.print(
-                f"added normality '{added.name}' (strength {added.strength:g}) to line '{line}': "
+                f"{verb} normality '{added.name}' (strength {added.strength:g}{ending}) on line '{line}': "
                 f"{', '.join(added.phrases)}",
                 highlight=False,
             )
+            if staged:
+                out.print(
+                    "it does not apply yet: preview it with "
+                    f"`normadd normality preview {line} {added.name} --recent N`, "
+                    f"then `normadd normality activate {line} {added.name}`",
+                    highlight=False,
+                )
+
+    @command(normality_app, "activate")
+    def normality_activate(
+        line: Annotated[str, typer.Argument(help="Line name.")],
+        name: Annotated[str, typer.Argument(help="Name of a staged normality.")],
+        db: DbOption = DEFAULT_DATABASE,
+        who: WhoOption = None,
+        why: WhyOption = "",
+    ) -> None:
+        """Make a staged normality apply from now on (audited)."""
+        with Registry(db) as registry:
+            activated = registry.activate_normality(line, name, who or default_who(), why)
+            ending = f" until {activated.until}" if activated.until else ""
+            out.print(f"activated normality '{activated.name}' on line '{line}'{ending}", highlight=False)
 
     @command(normality_app, "list")
     def normality_list(
         line: Annotated[str, typer.Argument(help="Line name.")],
         db: DbOption = DEFAULT_DATABASE,
     ) -> None:
-        """List a line's active normalities."""
+        """List a line's normalities: state (active, staged, expired) and expiry."""
         with Registry(db) as registry:
             _print_normalities(out, registry, line)
 
@@ -166,17 +199,43 @@ def register(app: typer.Typer) -> None:
 
 
 def _print_normalities(out: Console, registry: Registry, line: str) -> None:
-    table = Table("name", "text", "strength", "added by", "added at", "phrases", title=f"active normalities of {line}")
-    for normality in registry.normalities(line):
+    from datetime import datetime
+
+    table = Table(
+        "name", "text", "strength", "state", "until", "added by", "added at", "phrases", title=f"normalities of {line}"
+    )
+    now = registry.clock()
+    for normality in registry.normalities(line, ("active", "staged", "expired")):
+        state = normality.state
+        if state != "expired" and normality.until and datetime.fromisoformat(normality.until) <= now:
+            state = f"{state} (until passed: expires at the next inspection)"
         table.add_row(
             normality.name,
             normality.text,
             f"{normality.strength:g}",
+            state,
+            normality.until or "-",
             normality.added_by,
             normality.added_at,
             ", ".join(normality.phrases),
         )
     out.print(table)
+
+
+def _add_retention_rows(table: Table, registry: Registry, line: str) -> None:
+    from normadd.registry.retention import RetentionStore
+
+    store = RetentionStore.for_line(registry, line)
+    usage = store.usage()
+    if store.settings is None and not usage.images:
+        table.add_row("retained", "off (set retain: {images: N} in the line config)")
+        return
+    limit = store.settings.images if store.settings else 0
+    table.add_row(
+        "retained",
+        f"{usage.images} of {limit} images, {usage.total_bytes / 1e6:.1f} MB "
+        f"(images {usage.image_bytes / 1e6:.1f} MB, features {usage.features_bytes / 1e6:.1f} MB) in {store.folder}",
+    )
 
 
 def _summary(details: dict[str, Any]) -> str:

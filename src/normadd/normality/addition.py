@@ -34,6 +34,9 @@ class AdditionResult:
         after: (B, H, W) ``before ⊙ keep``.
         after_scores: (B,) max of ``after``.
         names: Normality names, in the order of ``suppression``'s channels.
+        projected: Per tapped layer, the normality detector's projected patch tokens (B, N, D),
+            when asked for (what a retained image keeps so a new text needs no image pass).
+        grid_size: (rows, cols) of the patch grid of ``projected``.
     """
 
     before: Tensor
@@ -44,6 +47,8 @@ class AdditionResult:
     after: Tensor
     after_scores: Tensor
     names: list[str]
+    projected: list[Tensor] | None = None
+    grid_size: tuple[int, int] | None = None
 
 
 class NormalityAddition:
@@ -148,8 +153,14 @@ class NormalityAddition:
         )
 
     @torch.inference_mode()
-    def explain(self, images: Tensor) -> AdditionResult:
-        """Maps before, suppression per normality and after, for RGB images in [0, 1]."""
+    def explain(self, images: Tensor, keep_projected: bool = False) -> AdditionResult:
+        """Maps before, suppression per normality and after, for RGB images in [0, 1].
+
+        Args:
+            images: (B, 3, H, W) RGB in [0, 1].
+            keep_projected: Also return the normality detector's projected tokens (read from the
+                same CLIP pass; projected once, shared with the detector when it is APRIL-GAN).
+        """
         encoder = self.normality_detector.encoder
         features: ClipFeatures | None
         if self.shares_clip_pass:
@@ -158,7 +169,8 @@ class NormalityAddition:
             before = self.detector.detect_features(features)
         else:
             before = self.detector.detect(images)
-            features = encoder.encode_images(encoder.preprocess(images)) if self.normalities else None
+            wanted = bool(self.normalities) or keep_projected
+            features = encoder.encode_images(encoder.preprocess(images)) if wanted else None
         check_map(before.maps, "the detector's anomaly map")
         normalities = list(self.normalities.values())
         size = self.normality_detector.size
@@ -179,6 +191,10 @@ class NormalityAddition:
             after=after,
             after_scores=max_scores(after),
             names=[n.name for n in normalities],
+            projected=[t.cpu() for t in self.normality_detector.project(features)]
+            if keep_projected and features is not None
+            else None,
+            grid_size=features.grid_size if keep_projected and features is not None else None,
         )
 
     def detect(self, images: Tensor) -> DetectionResult:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import asdict
+from datetime import datetime
 
 import numpy as np
 import torch
@@ -20,7 +21,7 @@ from normadd.factory import build_addition
 from normadd.normality.addition import AdditionResult, NormalityAddition
 from normadd.normality.text_normality import AddedNormality
 from normadd.registry.errors import DuplicateNormalityError
-from normadd.registry.store import LineRecord, NormalityRecord, Registry
+from normadd.registry.store import LineRecord, NormalityRecord, Registry, utc_now
 from normadd.runtime import Runtime
 
 NAMED_SETTINGS = ("class_name", "detector", "backbone", "weights", "projections", "layers", "phrase_generator")
@@ -63,6 +64,8 @@ class LineModel:
         self.line = line
         self.addition = addition
         self.revision = -1
+        self.clock = utc_now
+        self.until: dict[str, datetime] = {}  # active normalities with an end, by name
         self._lock = threading.Lock()
 
     @classmethod
@@ -75,6 +78,7 @@ class LineModel:
         """
         line = registry.line(name)
         model = cls(line, build_addition(line_config(line), runtime))
+        model.clock = registry.clock
         model._restore(registry)
         return model
 
@@ -98,6 +102,11 @@ class LineModel:
                 restored[stored.name] = detector.make_normality(stored.text, stored.strength, stored.name)
         current.clear()
         current.update(restored)
+        self.until = {
+            stored.name: datetime.fromisoformat(stored.until)
+            for stored in registry.normalities(self.line.name)
+            if stored.until is not None
+        }
 
     @property
     def input_size(self) -> int:
@@ -109,22 +118,63 @@ class LineModel:
         """True when the backbone has random weights (maps are not meaningful)."""
         return self.addition.normality_detector.encoder.is_random
 
-    def explain(self, images: Tensor, registry: Registry | None = None) -> AdditionResult:
-        """Maps and scores before and after the active normalities (those of ``registry`` when given)."""
+    @property
+    def features_identity(self) -> str:
+        """Names what retained features depend on: encoder, weights, detector and projections."""
+        detector = self.addition.normality_detector
+        return f"{detector.encoder.identity}|{self.addition.detector.description}|{detector.projections.description}"
+
+    def explain(self, images: Tensor, registry: Registry | None = None, keep_projected: bool = False) -> AdditionResult:
+        """Maps and scores before and after the active normalities (those of ``registry`` when given).
+
+        A normality whose ``until`` has passed (by the registry's clock) does not apply; with the
+        registry given, the first inspection after it marks it expired in the audit log.
+        """
         with self._lock:
+            self._expire(registry)
             if registry is not None and registry.revision(self.line.name) != self.revision:
                 self._restore(registry)
-            return self.addition.explain(images)
+            return self.addition.explain(images, keep_projected=keep_projected)
+
+    def _expire(self, registry: Registry | None) -> None:
+        """Stop applying normalities whose ``until`` has passed (called with the lock held)."""
+        if not self.until or min(self.until.values()) > self.clock():
+            return
+        if registry is not None:
+            registry.expire_due(self.line.name)  # audited; the revision check then restores without them
+            return
+        now = self.clock()
+        for name in [name for name, until in self.until.items() if until <= now]:
+            self.addition.normalities.pop(name, None)
+            del self.until[name]
 
     def add(
-        self, registry: Registry, text: str, strength: float, who: str, why: str = "", name: str | None = None
+        self,
+        registry: Registry,
+        text: str,
+        strength: float,
+        who: str,
+        why: str = "",
+        name: str | None = None,
+        state: str = "active",
+        until: str | None = None,
     ) -> NormalityRecord:
         """Compute a normality's phrases and ``f_add``, store it, then make it active here.
 
+        Args:
+            registry: The registry to store it in.
+            text: The defect text.
+            strength: s in [0, 1].
+            who: Who adds it (audit log).
+            why: Why (audit log).
+            name: Key (default: the text).
+            state: ``active`` (applies now) or ``staged`` (stored and previewable; applies once activated).
+            until: ISO time (UTC) after which it stops applying, or None.
+
         Raises:
             InvalidTextError: Empty or malformed text.
-            ValueError: Strength outside [0, 1].
-            DuplicateNormalityError: Already active on this line.
+            ValueError: Strength outside [0, 1], an unknown state or an ``until`` that has passed.
+            DuplicateNormalityError: Already active or staged on this line.
         """
         with self._lock:
             normality = self.addition.normality_detector.make_normality(text, strength, name)
@@ -141,10 +191,27 @@ class LineModel:
                 phrases=list(normality.phrases),
                 embedding=embedding_to_bytes(normality.embedding),
                 embedding_backbone=self.addition.normality_detector.encoder.identity,
+                state=state,
+                until=until,
             )
             stored = registry.add_normality(self.line.name, record, who, why)
-            self.addition.normalities[normality.name] = normality
+            if state == "active":
+                self.addition.normalities[normality.name] = normality
+                if until is not None:
+                    self.until[normality.name] = datetime.fromisoformat(until)
             return stored
+
+    def activate(self, registry: Registry, name: str, who: str, why: str = "") -> NormalityRecord:
+        """Make a staged normality apply: in the registry, then here.
+
+        Raises:
+            NormalityNotFoundError: No such normality on this line.
+            RegistryError: Already active, expired, or its ``until`` has passed.
+        """
+        with self._lock:
+            activated = registry.activate_normality(self.line.name, name, who, why)
+            self._restore(registry)
+            return activated
 
     def remove(self, registry: Registry, name: str, who: str, why: str = "") -> NormalityRecord:
         """Deactivate a normality in the registry, then here.
@@ -155,6 +222,7 @@ class LineModel:
         with self._lock:
             removed = registry.remove_normality(self.line.name, name, who, why)
             self.addition.normalities.pop(name, None)
+            self.until.pop(name, None)
             return removed
 
     def active(self) -> list[dict[str, object]]:

@@ -53,6 +53,26 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: rows cannot be deleted'); END;
     """,
+    # 2: staged and expiring normalities (issue 12); the index of retained images per line.
+    """
+    ALTER TABLE normalities ADD COLUMN state TEXT NOT NULL DEFAULT 'active'
+        CHECK (state IN ('active', 'staged', 'expired'));
+    ALTER TABLE normalities ADD COLUMN until TEXT;
+    CREATE TABLE retained_images (
+        line TEXT NOT NULL REFERENCES lines(name),
+        sha256 TEXT NOT NULL,
+        filename TEXT NOT NULL,
+        suffix TEXT NOT NULL,
+        image_bytes INTEGER NOT NULL,
+        features_sha256 TEXT,
+        features_bytes INTEGER NOT NULL DEFAULT 0,
+        features_identity TEXT,
+        seen_at TEXT NOT NULL,
+        seen INTEGER NOT NULL,
+        PRIMARY KEY (line, sha256)
+    );
+    CREATE INDEX retained_images_recent ON retained_images (line, seen);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

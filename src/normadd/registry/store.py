@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -24,6 +24,7 @@ from normadd.registry.errors import (
     LineExistsError,
     LineNotFoundError,
     NormalityNotFoundError,
+    RegistryError,
 )
 from normadd.registry.schema import migrate
 
@@ -32,6 +33,14 @@ DEFAULT_DATABASE = Path("normadd.db")
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def utc_now() -> datetime:
+    """The current time in UTC (the registry's default clock)."""
+    return datetime.now(UTC)
+
+
+NORMALITY_STATES = ("active", "staged", "expired")
 
 
 @dataclass
@@ -77,6 +86,9 @@ class NormalityRecord:
             backbone or weights changed recomputes it.
         added_at: ISO time (UTC); set by the registry.
         added_by: Who added it; set by the registry.
+        state: ``active`` (applied), ``staged`` (stored and previewable, not applied until
+            activated) or ``expired`` (its ``until`` passed; no longer applied).
+        until: ISO time (UTC) after which it stops applying, or None for no end.
     """
 
     name: str
@@ -87,6 +99,8 @@ class NormalityRecord:
     embedding_backbone: str | None = None
     added_at: str = ""
     added_by: str = ""
+    state: str = "active"
+    until: str | None = None
 
 
 @dataclass
@@ -108,7 +122,8 @@ class AuditEntry:
         id: Increasing row id.
         at: ISO time (UTC).
         line: The line it concerns.
-        action: ``line.create``, ``normality.add``, ``normality.remove`` or ``inspect``.
+        action: ``line.create``, ``normality.add``, ``normality.activate``, ``normality.expire``,
+            ``normality.remove``, ``normality.preview`` or ``inspect``.
         who: The person or API key name that did it.
         why: The reason given ("" when none).
         details: What changed or what was inspected.
@@ -129,13 +144,18 @@ class Registry:
     Args:
         path: Database file, created (with its folder) when missing.
         timeout: Seconds to wait for another process's write lock.
+        clock: The current time (UTC) that decides when a normality's ``until`` has passed;
+            tests pass a fake one instead of sleeping.
 
     Raises:
         NormaddError: The file cannot be opened as a SQLite database.
     """
 
-    def __init__(self, path: str | Path = DEFAULT_DATABASE, timeout: float = 30.0) -> None:
+    def __init__(
+        self, path: str | Path = DEFAULT_DATABASE, timeout: float = 30.0, clock: Callable[[], datetime] = utc_now
+    ) -> None:
         self.path = Path(path)
+        self.clock = clock
         self._lock = threading.RLock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -170,6 +190,27 @@ class Registry:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, for the registry's own modules (e.g. retention)."""
+        with self._transaction() as db:
+            yield db
+
+    def query(self, sql: str, parameters: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        """Rows of one read query, for the registry's own modules."""
+        with self._lock:
+            return self._db.execute(sql, parameters).fetchall()
+
+    def audit_event(self, line: str, action: str, who: str, why: str, details: dict[str, Any]) -> int:
+        """Log one event that changes nothing else (e.g. a preview); returns its id.
+
+        Raises:
+            LineNotFoundError: No such line.
+        """
+        self.line(line)
+        with self._transaction() as db:
+            return self._audit(db, line, action, who, why, details)
 
     def _audit(
         self, db: sqlite3.Connection, line: str, action: str, who: str, why: str, details: dict[str, Any]
@@ -238,22 +279,35 @@ class Registry:
     # --- normalities ---------------------------------------------------------------------
 
     def add_normality(self, line: str, normality: NormalityRecord, who: str, why: str = "") -> NormalityRecord:
-        """Make a normality active on a line and log it; returns it with ``added_at/by`` set.
+        """Store a normality on a line (active, or ``staged``) and log it; returns it with ``added_at/by`` set.
+
+        An expired normality of the same name is replaced (the audit row says so).
 
         Raises:
             LineNotFoundError: No such line.
-            DuplicateNormalityError: A normality of that name is already active there.
+            DuplicateNormalityError: A normality of that name is already active or staged there.
+            ValueError: An unknown state, or an ``until`` that has passed.
         """
         self.line(line)
+        if normality.state not in ("active", "staged"):
+            raise ValueError(f"a normality is added as 'active' or 'staged', not '{normality.state}'")
+        if normality.until is not None and datetime.fromisoformat(normality.until) <= self.clock():
+            raise ValueError(f"until {normality.until} has passed: give a later time (UTC, ISO 8601)")
         normality.added_at, normality.added_by = _now(), who or "unknown"
         with self._transaction() as db:
-            if db.execute("SELECT 1 FROM normalities WHERE line = ? AND name = ?", (line, normality.name)).fetchone():
+            existing = db.execute(
+                "SELECT state FROM normalities WHERE line = ? AND name = ?", (line, normality.name)
+            ).fetchone()
+            if existing is not None and existing[0] != "expired":
                 raise DuplicateNormalityError(
-                    f"normality '{normality.name}' is already active on line '{line}': remove it first to change it"
+                    f"normality '{normality.name}' is already {existing[0]} on line '{line}': "
+                    "remove it first to change it"
                 )
+            if existing is not None:
+                db.execute("DELETE FROM normalities WHERE line = ? AND name = ?", (line, normality.name))
             db.execute(
                 "INSERT INTO normalities (line, name, text, strength, phrases, embedding, embedding_backbone, "
-                "added_at, added_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "added_at, added_by, state, until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     line,
                     normality.name,
@@ -264,14 +318,22 @@ class Registry:
                     normality.embedding_backbone,
                     normality.added_at,
                     normality.added_by,
+                    normality.state,
+                    normality.until,
                 ),
             )
-            details = {
+            details: dict[str, Any] = {
                 "name": normality.name,
                 "text": normality.text,
                 "strength": normality.strength,
                 "phrases": normality.phrases,
             }
+            if normality.state != "active":
+                details["state"] = normality.state
+            if normality.until is not None:
+                details["until"] = normality.until
+            if existing is not None:
+                details["replaces_expired"] = True
             db.execute("UPDATE lines SET revision = revision + 1 WHERE name = ?", (line,))
             self._audit(db, line, "normality.add", who, why, details)
         return normality
@@ -287,13 +349,17 @@ class Registry:
         with self._transaction() as db:
             row = db.execute("SELECT * FROM normalities WHERE line = ? AND name = ?", (line, name)).fetchone()
             if row is None:
-                known = [r[0] for r in db.execute("SELECT name FROM normalities WHERE line = ?", (line,))]
-                raise NormalityNotFoundError(
-                    f"no active normality named '{name}' on line '{line}' (active: {', '.join(known) or 'none'})"
+                rows = db.execute("SELECT name, state FROM normalities WHERE line = ? ORDER BY rowid", (line,))
+                stored = [(r[0], r[1]) for r in rows]
+                known = "; ".join(
+                    f"{state}: {', '.join(n for n, s in stored if s == state)}"
+                    for state in NORMALITY_STATES
+                    if any(s == state for _, s in stored)
                 )
+                raise NormalityNotFoundError(f"no normality named '{name}' on line '{line}' ({known or 'active: none'})")
             db.execute("DELETE FROM normalities WHERE line = ? AND name = ?", (line, name))
             removed = _normality(row)
-            details = {"name": removed.name, "text": removed.text, "strength": removed.strength}
+            details = {"name": removed.name, "text": removed.text, "strength": removed.strength, "state": removed.state}
             db.execute("UPDATE lines SET revision = revision + 1 WHERE name = ?", (line,))
             self._audit(db, line, "normality.remove", who, why, details)
         return removed
@@ -310,18 +376,88 @@ class Registry:
             self.line(line)  # raises, naming the known lines
         return int(row[0])
 
-    def normalities(self, line: str) -> list[NormalityRecord]:
-        """The active normalities of a line, oldest first.
+    def normalities(self, line: str, states: tuple[str, ...] = ("active",)) -> list[NormalityRecord]:
+        """A line's normalities in ``states`` (by default the active ones, which apply), oldest first.
 
         Raises:
             LineNotFoundError: No such line.
         """
         self.line(line)
+        marks = ", ".join("?" for _ in states)
         with self._lock:
             rows = self._db.execute(
-                "SELECT * FROM normalities WHERE line = ? ORDER BY added_at, rowid", (line,)
+                f"SELECT * FROM normalities WHERE line = ? AND state IN ({marks}) ORDER BY added_at, rowid",
+                (line, *states),
             ).fetchall()
         return [_normality(row) for row in rows]
+
+    def activate_normality(self, line: str, name: str, who: str, why: str = "") -> NormalityRecord:
+        """Make a staged normality apply, and log it; returns it.
+
+        Raises:
+            LineNotFoundError: No such line.
+            NormalityNotFoundError: No normality of that name.
+            RegistryError: It is already active, or expired (add it again), or its ``until`` has passed.
+        """
+        self.line(line)
+        with self._transaction() as db:
+            row = db.execute("SELECT * FROM normalities WHERE line = ? AND name = ?", (line, name)).fetchone()
+            if row is None:
+                staged = db.execute("SELECT name FROM normalities WHERE line = ? AND state = 'staged'", (line,))
+                known = [r[0] for r in staged]
+                raise NormalityNotFoundError(
+                    f"no normality named '{name}' on line '{line}' (staged: {', '.join(known) or 'none'})"
+                )
+            record = _normality(row)
+            if record.state == "active":
+                raise RegistryError(f"normality '{name}' is already active on line '{line}': nothing to activate")
+            if record.state == "expired":
+                raise RegistryError(
+                    f"normality '{name}' on line '{line}' expired at {record.until}: add it again with a later --until"
+                )
+            if record.until is not None and datetime.fromisoformat(record.until) <= self.clock():
+                raise RegistryError(
+                    f"normality '{name}' on line '{line}' was staged until {record.until}, which has passed: "
+                    "remove it and add it again with a later --until"
+                )
+            db.execute("UPDATE normalities SET state = 'active' WHERE line = ? AND name = ?", (line, name))
+            db.execute("UPDATE lines SET revision = revision + 1 WHERE name = ?", (line,))
+            details = {"name": name, "text": record.text, "strength": record.strength, "until": record.until}
+            self._audit(db, line, "normality.activate", who, why, details)
+        record.state = "active"
+        return record
+
+    def expire_due(self, line: str) -> list[NormalityRecord]:
+        """Mark the line's normalities whose ``until`` has passed (by :attr:`clock`) as expired, audited.
+
+        Called at an inspection: the audit row of each expiry is written at the first inspection
+        after its ``until``, and that inspection runs without it.
+
+        Returns:
+            The normalities that expired now (empty when none was due).
+        """
+        now = self.clock()
+        with self._transaction() as db:
+            rows = db.execute(
+                "SELECT * FROM normalities WHERE line = ? AND state IN ('active', 'staged') AND until IS NOT NULL",
+                (line,),
+            ).fetchall()
+            due = [record for record in map(_normality, rows) if datetime.fromisoformat(str(record.until)) <= now]
+            for record in due:
+                db.execute("UPDATE normalities SET state = 'expired' WHERE line = ? AND name = ?", (line, record.name))
+                details = {
+                    "name": record.name,
+                    "text": record.text,
+                    "until": record.until,
+                    "was": record.state,
+                    "noticed_at": now.isoformat(timespec="milliseconds"),
+                }
+                why = f"its until ({record.until}) passed; noticed at the first inspection after it"
+                self._audit(db, line, "normality.expire", "normadd", why, details)
+                record.state = "expired"
+            if due:
+                db.execute("UPDATE lines SET revision = revision + 1 WHERE name = ?", (line,))
+        return due
 
     # --- audit ---------------------------------------------------------------------------
 
@@ -374,4 +510,6 @@ def _normality(row: sqlite3.Row) -> NormalityRecord:
         embedding_backbone=row["embedding_backbone"],
         added_at=row["added_at"],
         added_by=row["added_by"],
+        state=row["state"],
+        until=row["until"],
     )

@@ -39,8 +39,11 @@ from normadd.registry.errors import (
     LineExistsError,
     LineNotFoundError,
     NormalityNotFoundError,
+    RegistryError,
 )
 from normadd.registry.line_model import LineModel, create_line, line_record
+from normadd.registry.retention import RetainedFeatures, RetentionStore
+from normadd.registry.schedule import parse_until
 from normadd.registry.store import InspectionRecord, NormalityRecord, Registry
 from normadd.runtime import resolve_runtime
 from normadd.serve import schemas
@@ -56,6 +59,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": schemas.ErrorOut} for
 STATUS_OF: list[tuple[type[Exception], int, str]] = [
     (LineNotFoundError, 404, "unknown_line"),
     (NormalityNotFoundError, 404, "unknown_normality"),
+    (RegistryError, 409, "conflict"),
     (DuplicateNormalityError, 409, "duplicate_normality"),
     (LineExistsError, 409, "line_exists"),
     (ImageLoadError, 422, "bad_image"),
@@ -198,8 +202,9 @@ class Service:
 
     def serve(self, model: LineModel) -> ServedLine:
         """Start serving a loaded line: its inspections go through a new batcher."""
+        retains = RetentionStore.for_line(self.registry, model.line.name).settings is not None
         batcher = MicroBatcher(
-            functools.partial(model.explain, registry=self.registry),
+            functools.partial(model.explain, registry=self.registry, keep_projected=retains),
             self.settings.batch_max_images,
             self.settings.batch_wait_ms,
         )
@@ -229,6 +234,22 @@ def _maps(result: AdditionResult, index: int, data: bytes, name: str) -> schemas
     )
 
 
+def _retain(
+    registry: Registry, model: LineModel, line: str, contents: list[bytes], names: list[str], result: AdditionResult
+) -> None:
+    """Keep the inspected images (and what a new text needs from them) when the line retains any."""
+    store = RetentionStore.for_line(registry, line)
+    if store.settings is None:
+        return
+    features: list[RetainedFeatures | None] = [None] * len(contents)
+    if result.projected is not None and result.grid_size is not None:
+        features = [
+            RetainedFeatures(result.before[i], [tokens[i] for tokens in result.projected], result.grid_size)
+            for i in range(len(contents))
+        ]
+    store.retain(list(zip(contents, names, strict=True)), features, model.features_identity)
+
+
 def _normality_out(record: NormalityRecord) -> schemas.NormalityOut:
     return schemas.NormalityOut(
         name=record.name,
@@ -237,6 +258,8 @@ def _normality_out(record: NormalityRecord) -> schemas.NormalityOut:
         phrases=record.phrases,
         added_at=record.added_at,
         added_by=record.added_by,
+        state=record.state,
+        until=record.until,
     )
 
 
@@ -346,6 +369,7 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
             for i, sha in enumerate(hashes)
         ]
         ids = await run(service.registry.record_inspections, line, records, who)
+        await run(_retain, service.registry, served.model, line, contents, names, result)
         overlays = (
             await run(
                 lambda: [
@@ -377,8 +401,8 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
         "/v1/lines/{line}/normalities", response_model=schemas.NormalitiesOut, responses=ERRORS, tags=["normalities"]
     )
     async def list_normalities(line: str, who: Caller) -> schemas.NormalitiesOut:
-        """The line's active normalities."""
-        records = await run(service.registry.normalities, line)
+        """The line's normalities: active, staged and expired (see each one's state and until)."""
+        records = await run(service.registry.normalities, line, ("active", "staged", "expired"))
         return schemas.NormalitiesOut(line=line, normalities=[_normality_out(r) for r in records])
 
     @app.post(
@@ -391,7 +415,25 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
     async def add_normality(line: str, body: schemas.NormalityIn, who: Caller) -> schemas.NormalityOut:
         """Make a defect type normal on the line (logged with who and why)."""
         served = await service.line(line)
-        record = await run(served.model.add, service.registry, body.text, body.strength, who, body.why, body.name)
+        until = parse_until(body.until, service.registry.clock()) if body.until is not None else None
+        state = "staged" if body.staged else "active"
+        record = await run(
+            served.model.add, service.registry, body.text, body.strength, who, body.why, body.name, state, until
+        )
+        return _normality_out(record)
+
+    @app.post(
+        "/v1/lines/{line}/normalities/{name}/activate",
+        response_model=schemas.NormalityOut,
+        responses={**ERRORS, 422: {"model": schemas.ErrorOut}},
+        tags=["normalities"],
+    )
+    async def activate_normality(
+        line: str, name: str, who: Caller, body: schemas.ActivateIn | None = None
+    ) -> schemas.NormalityOut:
+        """Make a staged normality apply from now on (logged with who and why)."""
+        served = await service.line(line)
+        record = await run(served.model.activate, service.registry, name, who, body.why if body else "")
         return _normality_out(record)
 
     @app.delete(

@@ -45,6 +45,8 @@ def slice_result(result: AdditionResult, start: int, stop: int) -> AdditionResul
         item.name: value[start:stop] if isinstance(value := getattr(result, item.name), Tensor) else copy.copy(value)
         for item in dataclasses.fields(result)
     }
+    if result.projected is not None:  # per-layer tensors, each batch-first
+        values["projected"] = [tokens[start:stop] for tokens in result.projected]
     return AdditionResult(**values)
 
 

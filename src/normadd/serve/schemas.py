@@ -21,10 +21,20 @@ class NormalityIn(BaseModel):
     strength: float = Field(1.0, ge=0.0, le=1.0, description="Suppression strength s in [0, 1].")
     name: str | None = Field(None, description="Key to remove it by (default: the text).")
     why: str = Field("", max_length=500, description="Reason, kept in the audit log.")
+    staged: bool = Field(False, description="Store it without applying it (preview it, then activate it).")
+    until: str | None = Field(
+        None, max_length=64, description="Stop applying it after this time (UTC, ISO 8601).", examples=["2026-12-15"]
+    )
+
+
+class ActivateIn(BaseModel):
+    """Why a staged normality is activated."""
+
+    why: str = Field("", max_length=500, description="Reason, kept in the audit log.")
 
 
 class NormalityOut(BaseModel):
-    """An active normality."""
+    """A normality of a line and its state."""
 
     name: str
     text: str
@@ -32,10 +42,12 @@ class NormalityOut(BaseModel):
     phrases: list[str]
     added_at: str
     added_by: str
+    state: str = Field("active", description="active (applies), staged (not yet applied) or expired.")
+    until: str | None = Field(None, description="When it stops applying (UTC), or null.")
 
 
 class NormalitiesOut(BaseModel):
-    """The active normalities of a line."""
+    """The normalities of a line (active, staged and expired; see each one's state)."""
 
     line: str
     normalities: list[NormalityOut]
