@@ -356,7 +356,8 @@ class Registry:
                     for state in NORMALITY_STATES
                     if any(s == state for _, s in stored)
                 )
-                raise NormalityNotFoundError(f"no normality named '{name}' on line '{line}' ({known or 'active: none'})")
+                known = known or "active: none"
+                raise NormalityNotFoundError(f"no normality named '{name}' on line '{line}' ({known})")
             db.execute("DELETE FROM normalities WHERE line = ? AND name = ?", (line, name))
             removed = _normality(row)
             details = {"name": removed.name, "text": removed.text, "strength": removed.strength, "state": removed.state}
