@@ -272,7 +272,12 @@ def test_only_the_limited_normality_changes_and_only_where_it_may_not_act() -> N
 
 @pytest.mark.parametrize(
     ("text", "area", "expected"),
-    [(40, False, Size(40.0)), ("2 mm", False, Size(2.0, "mm")), ("4 mm2", True, Size(4.0, "mm")), ("150px", True, Size(150.0))],
+    [
+        (40, False, Size(40.0)),
+        ("2 mm", False, Size(2.0, "mm")),
+        ("4 mm2", True, Size(4.0, "mm")),
+        ("150px", True, Size(150.0)),
+    ],
 )
 def test_sizes_read_as_pixels_or_mm(text: object, area: bool, expected: Size) -> None:
     assert parse_size(text, "max", area) == expected
@@ -309,7 +314,8 @@ def test_a_threshold_is_stale_for_another_detector_or_backbone_but_not_for_other
     base = LineConfig(class_name="bottle", backbone="tiny-random")
     stored = score_scale(base)
     assert stale_reason(stored, score_scale(LineConfig(class_name="bottle", backbone="ViT-L-14-336")))
-    assert stale_reason(stored, score_scale(LineConfig(class_name="bottle", backbone="tiny-random", detector="winclip")))
+    winclip = LineConfig(class_name="bottle", backbone="tiny-random", detector="winclip")
+    assert stale_reason(stored, score_scale(winclip))
     with_normality = LineConfig(class_name="bottle", backbone="tiny-random", normalities=[NormalitySetting("scratch")])
     assert stale_reason(stored, score_scale(with_normality)) is None
 

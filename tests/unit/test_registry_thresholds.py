@@ -26,10 +26,12 @@ def test_a_line_has_no_threshold_until_one_is_set(registry: Registry) -> None:
 
 def test_setting_a_threshold_stores_it_with_its_scale_and_logs_who_when_why(registry: Registry) -> None:
     scale = {"detector": "aprilgan", "backbone": "tiny-random"}
-    registry.set_threshold("line-1", ThresholdRecord(0.42, scale, "false-reject", {"false_reject": 0.01}), "bob", "fr 1%")
+    record = ThresholdRecord(0.42, scale, "false-reject", {"false_reject": 0.01})
+    registry.set_threshold("line-1", record, "bob", "fr 1%")
     stored = registry.threshold("line-1")
     assert stored is not None
-    assert (stored.value, stored.scale, stored.method, stored.set_by, stored.why) == (0.42, scale, "false-reject", "bob", "fr 1%")
+    assert (stored.value, stored.scale, stored.method) == (0.42, scale, "false-reject")
+    assert (stored.set_by, stored.why) == ("bob", "fr 1%")
     assert stored.set_at
     entry = registry.audit("line-1", action="threshold.set")[0]
     assert (entry.who, entry.why, entry.details["value"], entry.details["previous"]) == ("bob", "fr 1%", 0.42, None)
