@@ -17,15 +17,17 @@ import torch
 from torch import Tensor
 
 from normadd.config import LineConfig
+from normadd.decisions.policy import DecisionPolicy, ThresholdSetting, limits_from_mapping, setting_limits
 from normadd.factory import build_addition
 from normadd.normality.addition import AdditionResult, NormalityAddition
 from normadd.normality.text_normality import AddedNormality
 from normadd.registry.errors import DuplicateNormalityError
-from normadd.registry.store import LineRecord, NormalityRecord, Registry, utc_now
+from normadd.registry.store import LineRecord, NormalityRecord, Registry, ThresholdRecord, utc_now
 from normadd.runtime import Runtime
 
 NAMED_SETTINGS = ("class_name", "detector", "backbone", "weights", "projections", "layers", "phrase_generator")
-NOT_STORED = ("normalities", "examples")  # active normalities live in their own table
+# active normalities live in their own table, the threshold in its own (issue 11)
+NOT_STORED = ("normalities", "examples", "threshold", "threshold_scale")
 
 
 def line_config(line: LineRecord) -> LineConfig:
@@ -148,6 +150,17 @@ class LineModel:
             self.addition.normalities.pop(name, None)
             del self.until[name]
 
+    def policy(self, registry: Registry) -> DecisionPolicy:
+        """The line's decision policy as the registry holds it now (threshold, limits, score scale).
+
+        Raises:
+            DecisionError: Stored limits that cannot be used (e.g. a region mask that is gone).
+        """
+        stored = registry.threshold(self.line.name)
+        threshold = None if stored is None else ThresholdSetting(stored.value, stored.scale, stored.method)
+        limits = {n.name: n.limits for n in registry.normalities(self.line.name) if n.limits}
+        return DecisionPolicy.from_config(line_config(self.line), threshold, limits)
+
     def add(
         self,
         registry: Registry,
@@ -158,6 +171,7 @@ class LineModel:
         name: str | None = None,
         state: str = "active",
         until: str | None = None,
+        limits: dict[str, object] | None = None,
     ) -> NormalityRecord:
         """Compute a normality's phrases and ``f_add``, store it, then make it active here.
 
@@ -170,12 +184,18 @@ class LineModel:
             name: Key (default: the text).
             state: ``active`` (applies now) or ``staged`` (stored and previewable; applies once activated).
             until: ISO time (UTC) after which it stops applying, or None.
+            limits: Acceptance limits (``max_area``, ``max_length``, ``region``), or None.
 
         Raises:
             InvalidTextError: Empty or malformed text.
             ValueError: Strength outside [0, 1], an unknown state or an ``until`` that has passed.
             DuplicateNormalityError: Already active or staged on this line.
+            DecisionError: Bad limits (checked before anything is stored).
         """
+        limits = {k: v for k, v in (limits or {}).items() if v is not None} or None
+        if limits:
+            checked = limits_from_mapping(name or text, limits)
+            checked.check_units(line_config(self.line).pixel_size_mm, name or text)
         with self._lock:
             normality = self.addition.normality_detector.make_normality(text, strength, name)
             if normality.name in self.addition.normalities:
@@ -193,6 +213,7 @@ class LineModel:
                 embedding_backbone=self.addition.normality_detector.encoder.identity,
                 state=state,
                 until=until,
+                limits=limits,
             )
             stored = registry.add_normality(self.line.name, record, who, why)
             if state == "active":
@@ -243,10 +264,24 @@ def create_line(
     Returns:
         The loaded model when the config had normalities (it was needed to encode them), else None.
     """
+    policy = DecisionPolicy.from_config(config)  # bad limits or region masks: refused before anything is stored
     registry.create_line(line_record(name, config), who, why)
+    if config.threshold is not None:
+        # a bare YAML threshold is meant for the config it is in: it gets that config's score scale
+        scale = config.threshold_scale if config.threshold_scale is not None else policy.scale
+        record = ThresholdRecord(config.threshold, scale, "config")
+        registry.set_threshold(name, record, who, why or "from the line config")
     if not config.normalities:
         return None
     model = LineModel.load(registry, name, runtime)
     for setting in config.normalities:
-        model.add(registry, setting.text, setting.strength, who, why or "from the line config", setting.name)
+        model.add(
+            registry,
+            setting.text,
+            setting.strength,
+            who,
+            why or "from the line config",
+            setting.name,
+            setting_limits(setting),
+        )
     return model

@@ -1,0 +1,322 @@
+"""Sized acceptance criteria: a normality lets a defect through only when it is small enough and where allowed.
+
+A normality may carry ``max_area`` and/or ``max_length`` (in pixels of the input image, or in mm
+with the line's ``pixel_size_mm``) and a ``region`` mask (where the normality applies, e.g. only
+the label area). Its suppression then applies only to the *anomalous regions*: the
+8-connected components of ``before > threshold``, found on the map at its own size and measured
+in image pixels (each map pixel counts ``(H/h)·(W/w)`` image pixels). A region lets the
+normality act when all of:
+
+* the normality covers it: the mean of its suppression map over the region is >= ``cover``
+  (0.5 by default);
+* its area is <= ``max_area`` and its length — the largest distance between two points of the
+  region (maximum Feret diameter of its pixel squares), in image pixels — is <= ``max_length``;
+* every one of its pixels is inside the ``region`` mask (a defect crossing the border does not pass).
+
+Elsewhere the normality suppresses nothing. With no limits and no region the suppression map is
+returned unchanged, so the result is exactly ``A ⊙ Π_k (1 − s_k A_sup_k)``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+from scipy.spatial import ConvexHull
+from torch import Tensor
+
+from normadd.decisions.errors import DecisionError
+
+COVER_DEFAULT = 0.5
+ASPECT_TOLERANCE = 0.02  # relative: a region mask and an image whose width/height differ by more are refused
+_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(px|pixels?|mm)?\s*(2|\^2|²)?\s*$")
+_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+
+
+@dataclass(frozen=True)
+class Size:
+    """A length or an area with its unit: ``px`` (image pixels) or ``mm`` (``mm²`` for an area)."""
+
+    value: float
+    unit: str = "px"
+
+    def in_pixels(self, pixel_size_mm: float | None, area: bool, what: str) -> float:
+        """The size in image pixels (px² for an area).
+
+        Raises:
+            DecisionError: A size in mm and no ``pixel_size_mm`` on the line.
+        """
+        if self.unit == "px":
+            return self.value
+        if pixel_size_mm is None:
+            raise DecisionError(
+                f"{what} is given in mm but the line has no pixel_size_mm: add e.g. 'pixel_size_mm: 0.05' "
+                "to the line config, or give the limit in pixels"
+            )
+        return self.value / pixel_size_mm**2 if area else self.value / pixel_size_mm
+
+    def __str__(self) -> str:
+        return f"{self.value:g} {self.unit}"
+
+
+def parse_size(value: object, what: str, area: bool = False) -> Size | None:
+    """A limit from the config: a number (pixels) or text like ``"2 mm"``, ``"4 mm2"``, ``"150 px"``.
+
+    Raises:
+        DecisionError: Not a size, negative, NaN or infinite.
+    """
+    if value is None:
+        return None
+    example = "'4 mm2' or 150 (px²)" if area else "'2 mm' or 40 (px)"
+    if isinstance(value, bool):
+        raise DecisionError(f"{what} must be a size, e.g. {example}; got {value!r}")
+    if isinstance(value, int | float):
+        number, unit = float(value), "px"
+    else:
+        text = str(value)
+        if text.strip().startswith("-"):
+            raise DecisionError(f"{what} must be >= 0, got {text[:40]!r}")
+        match = _SIZE.match(text)
+        if match is None:
+            raise DecisionError(f"{what} must be a size, e.g. {example}; got {text[:40]!r}")
+        number = float(match.group(1))
+        unit = "mm" if match.group(2) == "mm" else "px"
+    if not math.isfinite(number):
+        raise DecisionError(f"{what} must be a finite size, got {number}")
+    if number < 0:
+        raise DecisionError(f"{what} must be >= 0, got {number:g}")
+    return Size(number, unit)
+
+
+def check_pixel_size(value: object) -> float | None:
+    """``pixel_size_mm`` as a positive float (None when not set).
+
+    Raises:
+        DecisionError: Not a positive finite number.
+    """
+    if value is None:
+        return None
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise DecisionError(f"pixel_size_mm must be a positive number of mm, got {str(value)[:40]!r}") from None
+    if isinstance(value, bool) or not math.isfinite(number) or number <= 0:
+        raise DecisionError(f"pixel_size_mm must be a positive number of mm per pixel, e.g. 0.05, got {value!r}")
+    return number
+
+
+@dataclass(frozen=True)
+class AcceptanceLimits:
+    """What a normality may let through.
+
+    Attributes:
+        max_area: Largest accepted region area (px² of the input image, or mm²), or None.
+        max_length: Largest accepted region length (px of the input image, or mm), or None.
+        region: (h, w) bool mask, True where the normality applies, or None for everywhere.
+        region_source: Where the mask came from (for messages).
+    """
+
+    max_area: Size | None = None
+    max_length: Size | None = None
+    region: np.ndarray | None = None
+    region_source: str = ""
+
+    @property
+    def active(self) -> bool:
+        """True when anything limits the normality."""
+        return self.max_area is not None or self.max_length is not None or self.region is not None
+
+    def check_units(self, pixel_size_mm: float | None, name: str) -> None:
+        """Refuse a limit in mm on a line without ``pixel_size_mm``."""
+        if self.max_area is not None:
+            self.max_area.in_pixels(pixel_size_mm, True, f"max_area of normality '{name}'")
+        if self.max_length is not None:
+            self.max_length.in_pixels(pixel_size_mm, False, f"max_length of normality '{name}'")
+
+    def describe(self) -> str:
+        """``max_area 4 mm, region label.png``-style summary ("" when unlimited)."""
+        parts = []
+        if self.max_area is not None:
+            parts.append(f"max_area {self.max_area}²")
+        if self.max_length is not None:
+            parts.append(f"max_length {self.max_length}")
+        if self.region is not None:
+            parts.append(f"region {self.region_source or 'mask'}")
+        return ", ".join(parts)
+
+
+def check_region_aspect(region_shape: Sequence[int], image_size: tuple[int, int], source: str, image: str) -> None:
+    """Refuse a region mask whose aspect ratio differs from the image's.
+
+    Args:
+        region_shape: (rows, columns) of the mask.
+        image_size: (height, width) of the image.
+        source: The mask's file, for the message.
+        image: The image's name, for the message.
+
+    Raises:
+        DecisionError: Aspect ratios differ by more than 2 %.
+    """
+    mask_ratio = region_shape[1] / region_shape[0]
+    image_ratio = image_size[1] / image_size[0]
+    if abs(mask_ratio / image_ratio - 1.0) > ASPECT_TOLERANCE:
+        raise DecisionError(
+            f"region mask {source} is {region_shape[1]}x{region_shape[0]} but image {image} is "
+            f"{image_size[1]}x{image_size[0]} (another aspect ratio): draw the mask on an image of the camera's size"
+        )
+
+
+def _resize_region(region: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    if region.shape == shape:
+        return region.astype(bool)
+    resized = torch.nn.functional.interpolate(
+        torch.from_numpy(region.astype(np.float32))[None, None], size=shape, mode="nearest"
+    )[0, 0]
+    return resized.numpy() > 0.5
+
+
+def region_lengths(labels: np.ndarray, count: int, scale: tuple[float, float]) -> np.ndarray:
+    """Maximum Feret diameter of each labelled region's pixel squares, scaled by (sy, sx).
+
+    The convex hull of a union of pixel squares is that of the outer corners of each row's
+    leftmost and rightmost pixels, so only those corners enter the hull.
+    """
+    lengths = np.zeros(count, dtype=np.float64)
+    sy, sx = scale
+    for index, box in enumerate(ndimage.find_objects(labels)):
+        if box is None:
+            continue
+        rows, cols = np.nonzero(labels[box] == index + 1)
+        rows = rows + box[0].start
+        cols = cols + box[1].start
+        order = np.lexsort((cols, rows))
+        rows, cols = rows[order], cols[order]
+        starts = np.r_[0, np.nonzero(np.diff(rows))[0] + 1]
+        ends = np.r_[starts[1:] - 1, rows.size - 1]
+        row, left, right = rows[starts], cols[starts], cols[ends] + 1
+        points = np.concatenate(
+            [
+                np.stack([row, left], 1),
+                np.stack([row + 1, left], 1),
+                np.stack([row, right], 1),
+                np.stack([row + 1, right], 1),
+            ]
+        ).astype(np.float64) * np.array([sy, sx])
+        points = points[ConvexHull(points).vertices]  # pixel squares: never collinear, always a 2-D hull
+        differences = points[:, None, :] - points[None, :, :]
+        lengths[index] = float(np.sqrt((differences**2).sum(-1)).max())
+    return lengths
+
+
+def acceptance_mask(
+    before: Tensor | np.ndarray,
+    suppression: Tensor | np.ndarray,
+    threshold: float,
+    limits: AcceptanceLimits,
+    image_size: tuple[int, int] | None = None,
+    pixel_size_mm: float | None = None,
+    cover: float = COVER_DEFAULT,
+) -> np.ndarray:
+    """Where one normality may act on one image: a (h, w) bool mask (see the module docstring).
+
+    Args:
+        before: (h, w) anomaly map.
+        suppression: (h, w) the normality's map in [0, 1].
+        threshold: The line's threshold (regions are ``before > threshold``).
+        limits: The normality's limits.
+        image_size: (height, width) of the input image; the map's own size when None.
+        pixel_size_mm: mm per image pixel, for limits in mm.
+        cover: Mean suppression over a region for the normality to cover it.
+
+    Raises:
+        DecisionError: A limit in mm without ``pixel_size_mm``.
+    """
+    anomaly = np.asarray(before, dtype=np.float32)
+    normal = np.asarray(suppression, dtype=np.float32)
+    height, width = anomaly.shape
+    image_h, image_w = image_size or (height, width)
+    scale = (image_h / height, image_w / width)
+    labels, count = ndimage.label(anomaly > threshold, structure=_EIGHT_CONNECTED)
+    if count == 0:
+        return np.zeros_like(anomaly, dtype=bool)
+    flat = labels.ravel()
+    pixels = np.bincount(flat, minlength=count + 1)[1:].astype(np.float64)
+    accept = np.bincount(flat, weights=normal.ravel(), minlength=count + 1)[1:] / pixels >= cover
+    if limits.max_area is not None:
+        max_area = limits.max_area.in_pixels(pixel_size_mm, True, "max_area")
+        accept &= pixels * scale[0] * scale[1] <= max_area
+    if limits.region is not None:
+        outside = ~_resize_region(limits.region, (height, width))
+        accept &= np.bincount(flat, weights=outside.ravel(), minlength=count + 1)[1:] == 0
+    if limits.max_length is not None and accept.any():
+        max_length = limits.max_length.in_pixels(pixel_size_mm, False, "max_length")
+        candidates = np.where(accept, np.arange(1, count + 1), 0)
+        kept = np.where(np.isin(labels, candidates[candidates > 0]), labels, 0)
+        accept &= region_lengths(kept, count, scale) <= max_length
+    lookup = np.r_[False, accept]
+    return lookup[labels]
+
+
+def limited_suppression(
+    before: Tensor,
+    suppression: Tensor,
+    limits: Sequence[AcceptanceLimits | None],
+    threshold: float,
+    image_sizes: Sequence[tuple[int, int] | None] | None = None,
+    pixel_size_mm: float | None = None,
+    cover: float = COVER_DEFAULT,
+) -> Tensor:
+    """The suppression maps as limited: each limited normality's map times its acceptance mask.
+
+    Args:
+        before: (B, h, w) anomaly maps.
+        suppression: (B, K, h, w) normality maps.
+        limits: K entries; None or inactive ones leave their channel exactly as it is.
+        threshold: The line's threshold.
+        image_sizes: B input image sizes (height, width); the map size when None.
+        pixel_size_mm: mm per image pixel.
+        cover: See :func:`acceptance_mask`.
+    """
+    if len(limits) != suppression.shape[1]:
+        raise ValueError(f"{len(limits)} limits for {suppression.shape[1]} normalities")
+    if not any(item is not None and item.active for item in limits):
+        return suppression
+    limited = suppression.clone()
+    before_np = before.detach().float().cpu().numpy()
+    suppression_np = suppression.detach().float().cpu().numpy()
+    for b in range(suppression.shape[0]):
+        size = image_sizes[b] if image_sizes is not None else None
+        for k, item in enumerate(limits):
+            if item is None or not item.active:
+                continue
+            mask = acceptance_mask(before_np[b], suppression_np[b, k], threshold, item, size, pixel_size_mm, cover)
+            limited[b, k] = suppression[b, k] * torch.from_numpy(mask).to(suppression)
+    return limited
+
+
+def load_region(path: str | Path) -> np.ndarray:
+    """A region mask from an image file: True where the pixel is not black (any channel > 127).
+
+    Raises:
+        DecisionError: Missing or unreadable file, or a mask with no pixel inside.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DecisionError(f"region mask {path} does not exist: fix the normality's 'region' path")
+    try:
+        with Image.open(path) as image:
+            array = np.asarray(image.convert("L"))
+    except (OSError, UnidentifiedImageError, ValueError) as error:
+        raise DecisionError(f"region mask {path} cannot be read as an image ({error}): save it as a PNG") from None
+    region = array > 127
+    if not region.any():
+        raise DecisionError(f"region mask {path} has no white pixel: paint where the normality applies in white")
+    return region
