@@ -118,7 +118,7 @@ def register(app: typer.Typer) -> None:
             ends = parse_until(until, registry.clock()) if until is not None else None
             model = LineModel.load(registry, line, resolve_runtime(device))
             state = "staged" if staged else "active"
-            added = model.add(registry, text, strength, who or default_who(), why, name, state, ends)
+            added = model.add(registry, text, strength, who or default_who(), why, name, state=state, until=ends)
             verb = "staged" if staged else "added"
             ending = f", until {added.until}" if added.until else ""
             out.print(

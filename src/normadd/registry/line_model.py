@@ -169,9 +169,9 @@ class LineModel:
         who: str,
         why: str = "",
         name: str | None = None,
+        limits: dict[str, object] | None = None,
         state: str = "active",
         until: str | None = None,
-        limits: dict[str, object] | None = None,
     ) -> NormalityRecord:
         """Compute a normality's phrases and ``f_add``, store it, then make it active here.
 
@@ -182,9 +182,9 @@ class LineModel:
             who: Who adds it (audit log).
             why: Why (audit log).
             name: Key (default: the text).
+            limits: Acceptance limits (``max_area``, ``max_length``, ``region``), or None.
             state: ``active`` (applies now) or ``staged`` (stored and previewable; applies once activated).
             until: ISO time (UTC) after which it stops applying, or None.
-            limits: Acceptance limits (``max_area``, ``max_length``, ``region``), or None.
 
         Raises:
             InvalidTextError: Empty or malformed text.

@@ -417,9 +417,8 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
         served = await service.line(line)
         until = parse_until(body.until, service.registry.clock()) if body.until is not None else None
         state = "staged" if body.staged else "active"
-        record = await run(
-            served.model.add, service.registry, body.text, body.strength, who, body.why, body.name, state, until
-        )
+        add = functools.partial(served.model.add, state=state, until=until)
+        record = await run(add, service.registry, body.text, body.strength, who, body.why, body.name)
         return _normality_out(record)
 
     @app.post(
