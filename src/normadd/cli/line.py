@@ -148,6 +148,56 @@ def register(app: typer.Typer) -> None:
             ending = f" until {activated.until}" if activated.until else ""
             out.print(f"activated normality '{activated.name}' on line '{line}'{ending}", highlight=False)
 
+    @command(normality_app, "preview")
+    def normality_preview(
+        line: Annotated[str, typer.Argument(help="Line name.")],
+        text: Annotated[str, typer.Argument(help="Defect text to preview, or the name of a staged normality.")],
+        recent: Annotated[int | None, typer.Option(help="Preview on the line's last N retained parts.")] = None,
+        images: Annotated[
+            list[Path] | None, typer.Option("--images", help="Or on these image files or folders (repeatable).")
+        ] = None,
+        strength: Annotated[
+            float | None, typer.Option(help="Suppression strength in [0, 1] (default 1, or the staged one's).")
+        ] = None,
+        max_area: Annotated[
+            str | None, typer.Option(help="Acceptance limit: largest region it accepts, e.g. 400 or '4 mm2'.")
+        ] = None,
+        max_length: Annotated[
+            str | None, typer.Option(help="Acceptance limit: longest region it accepts, e.g. 30 or '2 mm'.")
+        ] = None,
+        region: Annotated[Path | None, typer.Option(help="PNG mask: where the normality applies.")] = None,
+        as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+        db: DbOption = DEFAULT_DATABASE,
+        who: WhoOption = None,
+        why: WhyOption = "",
+        device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "cpu",
+    ) -> None:
+        """Show which parts a normality would let through, before switching it on (stores nothing)."""
+        from normadd.registry.line_model import LineModel
+        from normadd.registry.preview import preview
+        from normadd.runtime import resolve_runtime
+
+        quiet_libraries()
+        limits = {"max_area": max_area, "max_length": max_length, "region": str(region) if region else None}
+        with Registry(db) as registry:
+            model = LineModel.load(registry, line, resolve_runtime(device))
+            report = preview(
+                model,
+                registry,
+                text,
+                who or default_who(),
+                strength=strength,
+                limits={k: v for k, v in limits.items() if v is not None} or None,
+                recent=recent,
+                images=images or None,
+                why=why,
+            )
+        if as_json:
+            parts = [part.__dict__ for part in report.parts]
+            typer.echo(json.dumps({**report.summary(), "audit_id": report.audit_id, "items": parts}, indent=2))
+            return
+        _print_preview(out, report)
+
     @command(normality_app, "list")
     def normality_list(
         line: Annotated[str, typer.Argument(help="Line name.")],
@@ -220,6 +270,51 @@ def _print_normalities(out: Console, registry: Registry, line: str) -> None:
             ", ".join(normality.phrases),
         )
     out.print(table)
+
+
+def _print_preview(out: Console, report: Any) -> None:
+    from normadd.decisions.verdicts import NG
+
+    kind = "staged normality" if report.staged else "normality"
+    ng_now = sum(p.verdict_before == NG for p in report.parts)
+    ng_then = sum(p.verdict_after == NG for p in report.parts)
+    out.print(
+        f"preview of {kind} '{report.name}' (strength {report.strength:g}) on line '{report.line}': "
+        f"{len(report.parts)} parts, NG {ng_now} -> {ng_then}, {len(report.flips)} NG -> OK",
+        highlight=False,
+    )
+    if report.threshold is None:
+        out.print(f"verdicts undecided: {report.reason}", highlight=False)
+    else:
+        out.print(f"threshold {report.threshold:.6g} (NG when a score is above it)", highlight=False)
+    shown = report.flips if report.threshold is not None else report.parts[:20]
+    title = "parts it lets through" if report.threshold is not None else "scores (no verdicts without a threshold)"
+    table = Table("image", "score now", "with it", "verdict", "accepted by", title=title)
+    for part in shown:
+        accepted = ("combined: " + " + ".join(part.accepted_by_after)) if part.combined_after else ", ".join(
+            part.accepted_by_after
+        )
+        table.add_row(
+            Path(part.image).name,
+            f"{part.score_before:.4f}",
+            f"{part.score_after:.4f}",
+            f"{part.verdict_before} -> {part.verdict_after}",
+            accepted,
+        )
+    out.print(table)
+    shares = Table("normality", "parts it lets through now", "with the candidate", title="share of each normality")
+    for key in sorted(set(report.shares_before) | set(report.shares_after)):
+        shares.add_row(key, str(report.shares_before.get(key, 0)), str(report.shares_after.get(key, 0)))
+    out.print(shares)
+    for note in report.notes:
+        out.print(f"note: {note}", highlight=False)
+    for refused in report.refused:
+        out.print(f"refused: {refused}", highlight=False, soft_wrap=True)
+    out.print(
+        f"text encoding {report.text_seconds:.2f} s, scoring {report.scoring_seconds:.2f} s; "
+        f"nothing was changed (audit row {report.audit_id})",
+        highlight=False,
+    )
 
 
 def _add_retention_rows(table: Table, registry: Registry, line: str) -> None:

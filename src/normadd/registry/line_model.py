@@ -138,6 +138,12 @@ class LineModel:
                 self._restore(registry)
             return self.addition.explain(images, keep_projected=keep_projected)
 
+    def refresh(self, registry: Registry) -> None:
+        """Pick up normality changes other processes made (without expiring anything: that is an inspection's)."""
+        with self._lock:
+            if registry.revision(self.line.name) != self.revision:
+                self._restore(registry)
+
     def _expire(self, registry: Registry | None) -> None:
         """Stop applying normalities whose ``until`` has passed (called with the lock held)."""
         if not self.until or min(self.until.values()) > self.clock():
@@ -148,7 +154,9 @@ class LineModel:
         now = self.clock()
         for name in [name for name, until in self.until.items() if until <= now]:
             self.addition.normalities.pop(name, None)
-            del self.until[name]
+        # kept in self.until, and the revision forgotten: the next inspection with the registry
+        # still writes the expiry to the audit log and reloads the normalities from it
+        self.revision = -1
 
     def policy(self, registry: Registry) -> DecisionPolicy:
         """The line's decision policy as the registry holds it now (threshold, limits, score scale).
