@@ -27,6 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
+from PIL import Image
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from torch import Tensor
@@ -42,6 +43,7 @@ from normadd.registry.errors import (
     RegistryError,
 )
 from normadd.registry.line_model import LineModel, create_line, line_record
+from normadd.registry.preview import PreviewReport, preview
 from normadd.registry.retention import RetainedFeatures, RetentionStore
 from normadd.registry.schedule import parse_until
 from normadd.registry.store import InspectionRecord, NormalityRecord, Registry
@@ -234,6 +236,30 @@ def _maps(result: AdditionResult, index: int, data: bytes, name: str) -> schemas
     )
 
 
+def _preview_out(report: PreviewReport) -> schemas.PreviewOut:
+    items = [schemas.PreviewPartOut(**part.__dict__) for part in report.parts]
+    for index, map_ in report.suppression.items():
+        source = report.images[index]
+        data = source if isinstance(source, bytes) else Path(source).read_bytes()
+        image = load_image_bytes(data, MAP_SIZE, items[index].image)
+        pixels = (image.permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+        items[index].thumbnail = _png_base64(Image.fromarray(pixels))
+        items[index].suppression = _png_base64(heat_overlay(image, map_, 1.0))
+    summary = report.summary()
+    return schemas.PreviewOut(
+        **{key: summary[key] for key in ("line", "name", "text", "strength", "staged", "parts", "ng_before")},
+        **{key: summary[key] for key in ("ng_after", "threshold", "reason", "notes", "refused")},
+        shares_before=report.shares_before,
+        shares_after=report.shares_after,
+        phrases=report.phrases,
+        text_seconds=report.text_seconds,
+        scoring_seconds=report.scoring_seconds,
+        audit_id=report.audit_id,
+        flips=[item for item, part in zip(items, report.parts, strict=True) if part.flipped],
+        items=items,
+    )
+
+
 def _retain(
     registry: Registry, model: LineModel, line: str, contents: list[bytes], names: list[str], result: AdditionResult
 ) -> None:
@@ -420,6 +446,32 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
         add = functools.partial(served.model.add, state=state, until=until)
         record = await run(add, service.registry, body.text, body.strength, who, body.why, body.name)
         return _normality_out(record)
+
+    @app.post(
+        "/v1/lines/{line}/normalities/preview",
+        response_model=schemas.PreviewOut,
+        responses={**ERRORS, 422: {"model": schemas.ErrorOut}},
+        tags=["normalities"],
+    )
+    async def preview_normality(line: str, body: schemas.PreviewIn, who: Caller) -> schemas.PreviewOut:
+        """Which of the last N retained parts the candidate would let through (stores nothing but one audit row)."""
+        served = await service.line(line)
+        limits = {"max_area": body.max_area, "max_length": body.max_length}
+        report = await run(
+            functools.partial(
+                preview,
+                strength=body.strength,
+                limits={k: v for k, v in limits.items() if v is not None} or None,
+                recent=body.recent,
+                why=body.why,
+                keep_maps=body.maps,
+            ),
+            served.model,
+            service.registry,
+            body.text,
+            who,
+        )
+        return await run(_preview_out, report)
 
     @app.post(
         "/v1/lines/{line}/normalities/{name}/activate",

@@ -118,3 +118,58 @@ class HealthOut(BaseModel):
     lines_loaded: list[str]
     forward_passes: int
     images_inspected: int
+
+
+class PreviewIn(BaseModel):
+    """A normality to preview on the line's last retained parts (nothing is stored but one audit row)."""
+
+    text: str = Field(description="Defect text, or the name of a staged normality.", examples=["scratch"])
+    recent: int = Field(100, ge=1, le=10000, description="Preview on the last N retained parts.")
+    strength: float | None = Field(None, ge=0.0, le=1.0, description="s in [0, 1] (default 1, or the staged one's).")
+    max_area: str | float | None = Field(None, description="Acceptance limit, e.g. 400 (pixels) or '4 mm2'.")
+    max_length: str | float | None = Field(None, description="Acceptance limit, e.g. 30 (pixels) or '2 mm'.")
+    why: str = Field("", max_length=500, description="Reason, kept in the audit log.")
+    maps: bool = Field(True, description="Return each flipped part's thumbnail and suppression map (PNG).")
+
+
+class PreviewPartOut(BaseModel):
+    """One previewed part: "before" is the line as it runs now, "after" with the candidate."""
+
+    image: str
+    sha256: str
+    score_detector: float
+    score_before: float
+    score_after: float
+    verdict_before: str
+    verdict_after: str
+    accepted_by_before: list[str]
+    accepted_by_after: list[str]
+    combined_after: bool
+    source: str
+    thumbnail: str | None = Field(None, description="The retained image, base64 PNG (flips only).")
+    suppression: str | None = Field(None, description="The candidate's suppression map over it, base64 PNG.")
+
+
+class PreviewOut(BaseModel):
+    """What a preview found: the flips (NG now, OK with the candidate) and each normality's share."""
+
+    line: str
+    name: str
+    text: str
+    strength: float
+    phrases: list[str]
+    staged: bool
+    parts: int
+    ng_before: int
+    ng_after: int
+    threshold: float | None
+    reason: str
+    notes: list[str]
+    refused: list[str]
+    shares_before: dict[str, int]
+    shares_after: dict[str, int]
+    text_seconds: float
+    scoring_seconds: float
+    audit_id: int
+    flips: list[PreviewPartOut]
+    items: list[PreviewPartOut]

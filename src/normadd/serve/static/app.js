@@ -49,16 +49,32 @@ async function refreshNormalities() {
   for (const normality of body.normalities) {
     const item = document.createElement("li");
     item.dataset.name = normality.name;
+    item.dataset.state = normality.state;
     const title = document.createElement("strong");
     title.textContent = `${normality.name} (strength ${normality.strength})`;
+    const state = document.createElement("span");
+    state.className = "state";
+    state.textContent = normality.state === "active" && !normality.until ? "" : `${normality.state}` +
+      (normality.until ? ` until ${normality.until}` : "");
     const phrases = document.createElement("div");
     phrases.className = "phrases";
     phrases.textContent = `${normality.phrases.join(", ")} · added by ${normality.added_by}`;
+    const buttons = [];
+    if (normality.state === "staged") {
+      const activate = document.createElement("button");
+      activate.type = "button";
+      activate.className = "activate";
+      activate.textContent = "Activate";
+      activate.addEventListener("click", () => activateNormality(normality.name));
+      buttons.push(activate);
+    }
     const remove = document.createElement("button");
     remove.type = "button";
+    remove.className = "remove";
     remove.textContent = "Remove";
     remove.addEventListener("click", () => removeNormality(normality.name));
-    item.append(title, remove, phrases);
+    buttons.push(remove);
+    item.append(title, state, ...buttons, phrases);
     list.appendChild(item);
   }
   if (!body.normalities.length) list.innerHTML = "<li class='none'>none: every defect counts as anomalous</li>";
@@ -70,7 +86,9 @@ async function addNormality(event) {
     text: $("normality-text").value,
     strength: parseFloat($("normality-strength").value),
     why: $("normality-why").value,
+    staged: $("normality-staged").checked,
   };
+  if ($("normality-until").value.trim()) body.until = $("normality-until").value.trim();
   try {
     const added = await api(`/v1/lines/${line()}/normalities`, {
       method: "POST",
@@ -79,9 +97,85 @@ async function addNormality(event) {
     });
     $("normality-text").value = "";
     $("normality-why").value = "";
+    $("normality-until").value = "";
     await refreshNormalities();
-    status(`added '${added.name}': ${added.phrases.join(", ")}`);
+    status(`${added.state === "staged" ? "staged" : "added"} '${added.name}': ${added.phrases.join(", ")}`);
     if (lastImage) await inspect(lastImage);
+  } catch (error) {
+    status(error.message, true);
+  }
+}
+
+async function activateNormality(name) {
+  try {
+    await api(`/v1/lines/${line()}/normalities/${encodeURIComponent(name)}/activate`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ why: $("normality-why").value }),
+    });
+    await refreshNormalities();
+    status(`activated '${name}'`);
+    if (lastImage) await inspect(lastImage);
+  } catch (error) {
+    status(error.message, true);
+  }
+}
+
+function cell(row, text, className) {
+  const td = document.createElement("td");
+  td.textContent = text;
+  if (className) td.className = className;
+  row.appendChild(td);
+  return td;
+}
+
+function picture(row, base64, alt) {
+  const td = document.createElement("td");
+  if (base64) {
+    const img = document.createElement("img");
+    img.src = `data:image/png;base64,${base64}`;
+    img.alt = alt;
+    td.appendChild(img);
+  }
+  row.appendChild(td);
+}
+
+async function previewNormality() {
+  const text = $("normality-text").value.trim();
+  if (!text) return status("type a defect text (or a staged normality's name) to preview", true);
+  const body = { text, recent: parseInt($("preview-recent").value, 10) || 100, why: $("normality-why").value };
+  if ($("normality-strength").value !== "1") body.strength = parseFloat($("normality-strength").value);
+  status(`previewing '${text}'…`);
+  try {
+    const report = await api(`/v1/lines/${line()}/normalities/preview`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    $("preview-panel").hidden = false;
+    const decided = report.threshold === null ? ` — verdicts undecided: ${report.reason}` :
+      ` (threshold ${report.threshold.toPrecision(4)})`;
+    $("preview-summary").textContent =
+      `'${report.name}' on ${report.parts} part(s): NG ${report.ng_before} → ${report.ng_after}, ` +
+      `${report.flips.length} NG → OK${decided}. ${report.notes.join(" ")} Nothing was changed.`;
+    const rows = $("preview-table").querySelector("tbody");
+    rows.innerHTML = "";
+    for (const part of report.flips) {
+      const row = document.createElement("tr");
+      row.className = "flip";
+      picture(row, part.thumbnail, part.image);
+      picture(row, part.suppression, `suppression on ${part.image}`);
+      cell(row, part.score_before.toFixed(4));
+      cell(row, part.score_after.toFixed(4));
+      cell(row, `${part.verdict_before} → ${part.verdict_after}`, "verdict");
+      cell(row, (part.combined_after ? "combined: " : "") + part.accepted_by_after.join(", "));
+      row.firstChild.appendChild(document.createTextNode(part.image));
+      rows.appendChild(row);
+    }
+    const shares = Object.keys(Object.assign({}, report.shares_before, report.shares_after)).sort();
+    $("preview-shares").textContent = shares.length ? "parts each normality lets through (now → with it): " +
+      shares.map((k) => `${k} ${report.shares_before[k] || 0} → ${report.shares_after[k] || 0}`).join(", ") : "";
+    status(`previewed '${report.name}': ${report.flips.length} part(s) would pass`);
   } catch (error) {
     status(error.message, true);
   }
@@ -122,6 +216,7 @@ async function inspect(file) {
 $("connect").addEventListener("click", connect);
 $("line").addEventListener("change", refreshNormalities);
 $("add-form").addEventListener("submit", addNormality);
+$("preview-normality").addEventListener("click", previewNormality);
 $("normality-strength").addEventListener("input", (e) => ($("strength-value").textContent = e.target.value));
 $("image-file").addEventListener("change", (e) => e.target.files[0] && inspect(e.target.files[0]));
 $("api-key").value = localStorage.getItem("normadd-api-key") || "";
