@@ -157,7 +157,7 @@ async function previewNormality() {
       ` (threshold ${report.threshold.toPrecision(4)})`;
     $("preview-summary").textContent =
       `'${report.name}' on ${report.parts} part(s): NG ${report.ng_before} → ${report.ng_after}, ` +
-      `${report.flips.length} NG → OK${decided}. ${report.notes.join(" ")} Nothing was changed.`;
+      `${report.flips.length} NG → OK${decided}. ${report.notes.map((n) => `${n}. `).join("")}Nothing was changed.`;
     const rows = $("preview-table").querySelector("tbody");
     rows.innerHTML = "";
     for (const part of report.flips) {
