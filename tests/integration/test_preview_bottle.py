@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from typer.testing import CliRunner
 
+from normadd.cli import app as cli_app
 from normadd.config import LineConfig
 from normadd.decisions.thresholds import calibrate_false_reject
 from normadd.registry.store import LineRecord, Registry, ThresholdRecord
@@ -76,6 +78,8 @@ def test_a_preview_predicts_exactly_what_adding_the_normality_does(
 
     parts = _test_parts(bottle_dir)
     now = _inspect(client, parts)
+    shown = CliRunner().invoke(cli_app, ["line", "show", LINE, "--db", str(registry.path)], env={"COLUMNS": "250"})
+    assert shown.exit_code == 0 and f"{len(good) + len(parts)} of 200 images" in shown.output, shown.output
     audit_before = client.get(f"/v1/lines/{LINE}/audit", headers=AUTH, params={"limit": 1}).json()["entries"][0]["id"]
 
     response = client.post(
