@@ -30,6 +30,7 @@ def run_inspection(
     examples: list[Path] | None = None,
     masks: list[Path] | None = None,
     detector_options: dict[str, Any] | None = None,
+    threshold: str | None = None,
 ) -> None:
     """Build the line from the options, score the images and print and write the results."""
     from normadd.config import ExampleSetting, NormalitySetting, config_from_options
@@ -63,6 +64,7 @@ def run_inspection(
         raise NormaddError("--batch-size must be at least 1")
 
     paths = collect_images(images)
+    policy = _decision_policy(config, threshold, paths)
     runtime = resolve_runtime(device, precision)
     if runtime.note:
         console.print(f"note: {runtime.note}")
@@ -86,11 +88,17 @@ def run_inspection(
         )
     with progress_bar() as progress:
         task = progress.add_task("inspecting", total=len(paths))
-        report = inspect_images(model, paths, out, batch_size, on_progress=lambda n: progress.advance(task, n))
-    table = Table("image", "before", "after", title=f"scores ({len(report.rows)} images)")
+        report = inspect_images(
+            model, paths, out, batch_size, on_progress=lambda n: progress.advance(task, n), policy=policy
+        )
+    table = Table("image", "before", "after", "verdict", "accepted by", title=f"scores ({len(report.rows)} images)")
     for row in report.rows[:20]:
-        table.add_row(Path(row.image).name, f"{row.score_before:.4f}", f"{row.score_after:.4f}")
+        decision = row.decision
+        verdicts = "-" if decision is None else f"{decision.verdict_before} -> {decision.verdict_after}"
+        accepted = "" if decision is None else decision.accepted_by_text
+        table.add_row(Path(row.image).name, f"{row.score_before:.4f}", f"{row.score_after:.4f}", verdicts, accepted)
     Console().print(table)
+    _print_verdict_summary(report, policy)
     if len(report.rows) > 20:
         console.print(f"… {len(report.rows) - 20} more rows in scores.csv")
     for failure in report.failures:
@@ -99,6 +107,45 @@ def run_inspection(
     if report.failures:
         console.print(f"[bold red]error:[/] {len(report.failures)} image(s) could not be read (listed above)")
         raise typer.Exit(2)
+
+
+def _decision_policy(config: Any, threshold: str | None, paths: list[Path]) -> Any:
+    """The line's decisions: the config's threshold (or ``--threshold``), limits and region masks.
+
+    Region masks are checked against every image's aspect ratio before anything runs.
+    """
+    from normadd.decisions import DecisionError, check_threshold
+    from normadd.decisions.policy import DecisionPolicy, ThresholdSetting, image_size
+
+    given = None if threshold is None else ThresholdSetting(check_threshold(threshold, "--threshold"), None, "option")
+    policy = DecisionPolicy.from_config(config, given)
+    if any(item.region is not None for item in policy.limits.values()):
+        sizes, names = [], []
+        for path in paths:
+            try:
+                sizes.append(image_size(path))
+                names.append(str(path))
+            except DecisionError:
+                continue  # an unreadable image is reported as skipped by the inspection
+        policy.check_images(sizes, names)
+    return policy
+
+
+def _print_verdict_summary(report: Any, policy: Any) -> None:
+    """One line of verdict counts, or why there are none."""
+    if policy is None or not report.rows:
+        return
+    if policy.reason is not None:
+        console.print(f"note: verdicts undecided: {policy.reason}", highlight=False, soft_wrap=True)
+        return
+    decisions = [row.decision for row in report.rows if row.decision is not None]
+    ng_before = sum(d.verdict_before == "NG" for d in decisions)
+    ng_after = sum(d.verdict_after == "NG" for d in decisions)
+    console.print(
+        f"verdicts at threshold {policy.value:.6g}: NG {ng_before} before -> {ng_after} after "
+        f"({ng_before - ng_after} accepted by the added normalities) of {len(decisions)} images",
+        highlight=False,
+    )
 
 
 def register(app: typer.Typer) -> None:
@@ -145,6 +192,9 @@ def register(app: typer.Typer) -> None:
             Path | None,
             typer.Option(help="Detector weights: open_clip file, torchvision state_dict or 'random', anomalib model."),
         ] = None,
+        threshold: Annotated[
+            str | None, typer.Option(help="NG when a score is above it (default: the config's threshold).")
+        ] = None,
     ) -> None:
         """Score images before and after adding normalities; write overlays and scores.csv."""
         detector_options = {
@@ -173,6 +223,7 @@ def register(app: typer.Typer) -> None:
             add_example,
             mask,
             detector_options,
+            threshold,
         )
 
 
