@@ -349,3 +349,19 @@ def test_a_policy_without_threshold_is_undecided_and_with_one_decides() -> None:
     decided = DecisionPolicy.from_config(config).apply(_result([0.2, 0.9]), [])
     assert [d.verdict_before for d in decided.decisions] == [OK, NG]
     assert math.isclose(decided.decisions[0].threshold or 0, 0.5)
+
+
+# --- what a quality department counts -----------------------------------------------------
+
+
+def test_counts_split_every_part_into_good_group_and_other_defects() -> None:
+    from normadd.decisions.counts import group_decision_counts
+
+    types = ["good", "good", "scratch", "scratch", "scratch", "dent", "dent"]
+    before = [0.1, 0.9, 0.9, 0.8, 0.2, 0.9, 0.7]
+    after = [0.1, 0.6, 0.1, 0.3, 0.2, 0.9, 0.4]
+    counts = group_decision_counts(types, {"scratch"}, before, after, threshold=0.5)
+    assert (counts.good_images, counts.group_images, counts.other_images) == (2, 3, 2)
+    assert (counts.good_rejected_before, counts.good_rejected_after) == (1, 1)
+    assert (counts.group_accepted_before, counts.group_accepted_after) == (1, 3)  # the recovered yield
+    assert (counts.other_accepted_before, counts.other_accepted_after) == (0, 1)  # one dent escapes

@@ -19,6 +19,7 @@ returned unchanged, so the result is exactly ``A ⊙ Π_k (1 − s_k A_sup_k)``.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Sequence
@@ -301,16 +302,25 @@ def limited_suppression(
 
 
 def load_region(path: str | Path) -> np.ndarray:
-    """A region mask from an image file: True where the pixel is not black (any channel > 127).
+    """A region mask from an image file: True where the pixel is bright (grey level > 127).
+
+    Read once per file version (path, size, modification time): a service checks it per request.
 
     Raises:
         DecisionError: Missing or unreadable file, or a mask with no pixel inside.
     """
-    from PIL import Image, UnidentifiedImageError
-
     path = Path(path)
     if not path.is_file():
         raise DecisionError(f"region mask {path} does not exist: fix the normality's 'region' path")
+    stat = path.stat()
+    return _read_region(str(path), stat.st_size, stat.st_mtime_ns).copy()
+
+
+@functools.lru_cache(maxsize=64)
+def _read_region(name: str, size: int, mtime_ns: int) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(name)
     try:
         with Image.open(path) as image:
             array = np.asarray(image.convert("L"))
