@@ -9,12 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from normadd.cli import app as cli_app
 from normadd.config import LineConfig
 from normadd.decisions.thresholds import calibrate_false_reject
+from normadd.images import load_image
+from normadd.registry.retention import RetainedFeatures, features_from_bytes, features_to_bytes
 from normadd.registry.store import LineRecord, Registry, ThresholdRecord
 from normadd.serve.app import create_app
 from normadd.serve.settings import ServiceConfig
@@ -26,6 +29,7 @@ PER_GROUP = 6
 # Largest |score from stored float16 features - score from a fresh pass| allowed; the measured
 # value is in docs/how-to/preview-and-go-live.md (benchmarks/bench_preview.py prints it).
 FLOAT16_TOLERANCE = 2e-3
+MAP_TOLERANCE = 1e-3  # the same for suppression maps (measured: see the how-to page)
 
 
 @pytest.fixture(scope="module")
@@ -193,3 +197,32 @@ def test_staging_then_activating_over_rest_is_audited(service: tuple[TestClient,
     assert activated.status_code == 200 and activated.json()["state"] == "active"
     entry = client.get(f"/v1/lines/{LINE}/audit", headers=AUTH, params={"limit": 1}).json()["entries"][0]
     assert (entry["action"], entry["who"], entry["why"]) == ("normality.activate", "station-1", "supplier agreed")
+
+
+def test_maps_from_stored_features_match_a_fresh_pass_within_the_measured_tolerance(
+    service: tuple[TestClient, Registry], bottle_dir: Path
+) -> None:
+    client, _ = service
+    model = client.app.state.service.lines[LINE].model  # type: ignore[attr-defined]
+    paths = [bottle_dir / "test" / group / "001.png" for group in ("broken_large", "contamination", "good")]
+    images = torch.stack([load_image(path, model.input_size) for path in paths])
+    result = model.explain(images, keep_projected=True)
+    assert result.projected is not None and result.grid_size is not None
+    detector = model.addition.normality_detector
+    candidate = detector.make_normality("scratch")
+    fresh = detector.suppression_from_projected(result.projected, result.grid_size, [candidate])
+    for precision, tolerance in (("float32", 1e-6), ("float16", MAP_TOLERANCE)):
+        stored = [
+            features_from_bytes(
+                features_to_bytes(
+                    RetainedFeatures(result.before[i], [t[i] for t in result.projected], result.grid_size),
+                    precision,
+                    "test",
+                )
+            )
+            for i in range(len(paths))
+        ]
+        projected = [torch.stack(layer) for layer in zip(*(s.projected for s in stored), strict=True)]
+        maps = detector.suppression_from_projected(projected, result.grid_size, [candidate])
+        assert float((maps - fresh).abs().max()) <= tolerance, precision
+        assert torch.equal(torch.stack([s.before for s in stored]), result.before)

@@ -14,7 +14,7 @@ with the candidate too; ``score_detector`` is the detector's own score (no norma
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -94,6 +94,7 @@ class PreviewReport:
         shares_after: The same with the candidate.
         text_seconds: Time to encode the candidate's text (0 for a staged one).
         scoring_seconds: Time to score the parts (reading features or an image pass, and deciding).
+        scoring_cpu_seconds: CPU time of the same (all threads; on a shared machine the fairer measure).
         audit_id: The audit row of this preview.
         suppression: Per part index (flips only), the candidate's suppression map (H, W) in [0, 1].
         images: Per part index (flips only), the image bytes or path, for thumbnails.
@@ -114,6 +115,7 @@ class PreviewReport:
     shares_after: dict[str, int] = field(default_factory=dict)
     text_seconds: float = 0.0
     scoring_seconds: float = 0.0
+    scoring_cpu_seconds: float = 0.0
     audit_id: int = 0
     suppression: dict[int, Tensor] = field(default_factory=dict, repr=False)
     images: dict[int, bytes | Path] = field(default_factory=dict, repr=False)
@@ -243,7 +245,7 @@ def preview(
         model.line.name, normality.name, normality.text, normality.strength, list(normality.phrases), staged
     )
     report.text_seconds = text_seconds
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     if recent is not None:
         batches = _retained_batches(model, registry, normality, recent, report, policy.has_limits)
     else:
@@ -252,6 +254,7 @@ def preview(
     for batch in batches:
         _decide(policy, normality, batch, report, keep_maps)
     report.scoring_seconds = time.perf_counter() - start
+    report.scoring_cpu_seconds = time.process_time() - cpu_start
     if not report.parts:
         raise NormaddError(f"no part could be previewed: {'; '.join(report.refused) or 'no readable image'}")
     report.threshold = policy.value
@@ -275,7 +278,8 @@ def _active(model: LineModel, now: datetime) -> list[AddedNormality]:
 
 def _retained_batches(
     model: LineModel, registry: Registry, candidate: AddedNormality, count: int, report: PreviewReport, sizes: bool
-) -> list[_Batch]:
+) -> Iterator[_Batch]:
+    """Batches of retained parts, read (and hash-checked) one batch at a time so memory stays bounded."""
     store = RetentionStore.for_line(registry, model.line.name)
     items = store.recent(count)
     if not items:
@@ -292,66 +296,60 @@ def _retained_batches(
     active = _active(model, registry.clock())
     visual = any(n.kind == "visual" for n in active)
     identity = model.features_identity
-    stored: list[tuple[str, str, bytes, RetainedFeatures]] = []
+    detector = model.addition.normality_detector
     passes: list[tuple[str, str, bytes]] = []
-    for item in items:
-        try:
-            data = store.read_image(item)
-            features = None if visual else store.read_features(item, identity)
-        except RetentionError as error:
-            report.refused.append(str(error))
+    for start in range(0, len(items), BATCH):
+        stored: list[tuple[str, str, bytes, RetainedFeatures]] = []
+        for item in items[start : start + BATCH]:
+            try:
+                data = store.read_image(item)
+                features = None if visual else store.read_features(item, identity)
+            except RetentionError as error:
+                report.refused.append(str(error))
+                continue
+            if features is None:
+                passes.append((item.filename, item.sha256, data))
+            else:
+                stored.append((item.filename, item.sha256, data, features))
+        if not stored:
             continue
-        if features is None:
-            passes.append((item.filename, item.sha256, data))
-        else:
-            stored.append((item.filename, item.sha256, data, features))
+        projected = [torch.stack(layer) for layer in zip(*(f.projected for *_, f in stored), strict=True)]
+        maps = detector.suppression_from_projected(projected, stored[0][3].grid_size, [*active, candidate])
+        yield _Batch(
+            [name for name, *_ in stored],
+            [sha for _, sha, *_ in stored],
+            ["stored features"] * len(stored),
+            active,
+            torch.stack([f.before for *_, f in stored]),
+            maps[:, : len(active)],
+            maps[:, len(active)],
+            [image_size(data) if sizes else None for _, _, data, _ in stored],
+            [data for _, _, data, _ in stored],
+        )
     if report.refused:
         report.notes.append(f"{len(report.refused)} retained record(s) refused (not matching their SHA-256)")
     if passes:
         why = "an active normality is visual" if visual else "no features stored for this model"
         report.notes.append(f"{len(passes)} part(s) needed an image pass ({why})")
-    detector = model.addition.normality_detector
-    batches: list[_Batch] = []
-    for start in range(0, len(stored), BATCH):
-        chunk = stored[start : start + BATCH]
-        projected = [torch.stack(layer) for layer in zip(*(f.projected for *_, f in chunk), strict=True)]
-        grid = chunk[0][3].grid_size
-        maps = detector.suppression_from_projected(projected, grid, [*active, candidate])
-        batches.append(
-            _Batch(
-                [name for name, *_ in chunk],
-                [sha for _, sha, *_ in chunk],
-                ["stored features"] * len(chunk),
-                active,
-                torch.stack([f.before for *_, f in chunk]),
-                maps[:, : len(active)],
-                maps[:, len(active)],
-                [image_size(data) if sizes else None for _, _, data, _ in chunk],
-                [data for _, _, data, _ in chunk],
-            )
-        )
     for start in range(0, len(passes), BATCH):
-        chunk_passes = passes[start : start + BATCH]
-        tensors = torch.stack([load_image_bytes(data, model.input_size, name) for name, _, data in chunk_passes])
-        batches.append(
-            _image_pass(
-                model,
-                candidate,
-                tensors,
-                [name for name, *_ in chunk_passes],
-                [sha for _, sha, _ in chunk_passes],
-                [image_size(data) if sizes else None for *_, data in chunk_passes],
-                [data for *_, data in chunk_passes],
-            )
+        chunk = passes[start : start + BATCH]
+        tensors = torch.stack([load_image_bytes(data, model.input_size, name) for name, _, data in chunk])
+        yield _image_pass(
+            model,
+            candidate,
+            tensors,
+            [name for name, *_ in chunk],
+            [sha for _, sha, _ in chunk],
+            [image_size(data) if sizes else None for *_, data in chunk],
+            [data for *_, data in chunk],
         )
-    return batches
 
 
 def _file_batches(
     model: LineModel, candidate: AddedNormality, inputs: list[Path], report: PreviewReport, sizes: bool
-) -> list[_Batch]:
+) -> Iterator[_Batch]:
+    """Batches of image files, each with one image pass."""
     paths = collect_images(inputs)
-    batches = []
     for start in range(0, len(paths), BATCH):
         loaded: list[Path] = []
         tensors: list[Tensor] = []
@@ -364,12 +362,9 @@ def _file_batches(
         if loaded:
             shapes = [image_size(path) if sizes else None for path in loaded]
             names = [str(path) for path in loaded]
-            batches.append(
-                _image_pass(model, candidate, torch.stack(tensors), names, [""] * len(loaded), shapes, list(loaded))
-            )
+            yield _image_pass(model, candidate, torch.stack(tensors), names, [""] * len(loaded), shapes, list(loaded))
     if report.refused:
         report.notes.append(f"{len(report.refused)} image(s) could not be read and were skipped")
-    return batches
 
 
 def _image_pass(

@@ -41,7 +41,7 @@ class RetainedFeatures:
 
     Attributes:
         before: (H, W) anomaly map before any normality, at the suppression size.
-        projected: Per tapped layer, (N, D) projected patch tokens (float32 once read).
+        projected: Per tapped layer, (N, D) projected patch tokens, L2-normalised (float16 or float32).
         grid_size: (rows, cols) of the patch grid.
     """
 
@@ -105,7 +105,11 @@ def features_to_bytes(features: RetainedFeatures, precision: str, identity: str)
 
 
 def features_from_bytes(data: bytes) -> RetainedFeatures:
-    """Read what :func:`features_to_bytes` wrote, as float32."""
+    """Read what :func:`features_to_bytes` wrote: tokens as stored (int8 scaled back to float32).
+
+    Float16 tokens stay float16 here: the segmenter converts each batch as it normalises them,
+    which halves the memory a preview of many parts holds.
+    """
     from safetensors.torch import load as load_safetensors
 
     tensors = load_safetensors(data)
@@ -114,7 +118,7 @@ def features_from_bytes(data: bytes) -> RetainedFeatures:
     for index in layers:
         tokens = tensors[f"layer.{index}"]
         scale = tensors.get(f"layer.{index}.scale")
-        projected.append(tokens.float() * scale if scale is not None else tokens.float())
+        projected.append(tokens.float() * scale if scale is not None else tokens)
     rows, cols = (int(x) for x in _metadata(data).get("grid", "0x0").split("x"))
     return RetainedFeatures(tensors["before"].float(), projected, (rows, cols))
 
