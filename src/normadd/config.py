@@ -107,9 +107,16 @@ class LineConfig:
     reference: str | None = None
     maps: str | None = None
     memory_bank: str | None = None
+    # Authority (issue 18): "required" makes every change wait for a second person's approval.
+    approval: str = "none"
+    approval_expires_hours: float = 72.0
 
     def __post_init__(self) -> None:
         self.class_name = clean_text(self.class_name, "class name")
+        if self.approval not in ("none", "required"):
+            raise NormaddError(f"approval '{self.approval}' is unknown: use none or required")
+        if not float(self.approval_expires_hours) > 0:
+            raise NormaddError(f"approval_expires_hours must be above 0, got {self.approval_expires_hours}")
         check_detector_name(self.detector)
         if self.phrase_generator not in PHRASE_GENERATORS:
             raise NormaddError(

@@ -127,24 +127,41 @@ class LineModel:
             DuplicateNormalityError: Already active on this line.
         """
         with self._lock:
-            normality = self.addition.normality_detector.make_normality(text, strength, name)
-            if normality.name in self.addition.normalities:
-                raise DuplicateNormalityError(
-                    f"normality '{normality.name}' is already active on line '{self.line.name}': "
-                    "remove it first to change it"
-                )
-            assert normality.embedding is not None
-            record = NormalityRecord(
-                name=normality.name,
-                text=normality.text,
-                strength=normality.strength,
-                phrases=list(normality.phrases),
-                embedding=embedding_to_bytes(normality.embedding),
-                embedding_backbone=self.addition.normality_detector.encoder.identity,
-            )
+            normality, record = self._prepare(text, strength, name)
             stored = registry.add_normality(self.line.name, record, who, why)
             self.addition.normalities[normality.name] = normality
             return stored
+
+    def prepare(self, text: str, strength: float, name: str | None = None) -> NormalityRecord:
+        """The record :meth:`add` would store (phrases and ``f_add`` computed), without storing it.
+
+        A change waiting for approval holds this record, so the approver sees the exact phrases.
+
+        Raises:
+            InvalidTextError: Empty or malformed text.
+            ValueError: Strength outside [0, 1].
+            DuplicateNormalityError: Already active on this line.
+        """
+        with self._lock:
+            return self._prepare(text, strength, name)[1]
+
+    def _prepare(self, text: str, strength: float, name: str | None) -> tuple[AddedNormality, NormalityRecord]:
+        normality = self.addition.normality_detector.make_normality(text, strength, name)
+        if normality.name in self.addition.normalities:
+            raise DuplicateNormalityError(
+                f"normality '{normality.name}' is already active on line '{self.line.name}': "
+                "remove it first to change it"
+            )
+        assert normality.embedding is not None
+        record = NormalityRecord(
+            name=normality.name,
+            text=normality.text,
+            strength=normality.strength,
+            phrases=list(normality.phrases),
+            embedding=embedding_to_bytes(normality.embedding),
+            embedding_backbone=self.addition.normality_detector.encoder.identity,
+        )
+        return normality, record
 
     def remove(self, registry: Registry, name: str, who: str, why: str = "") -> NormalityRecord:
         """Deactivate a normality in the registry, then here.
