@@ -1,12 +1,13 @@
-"""``normadd line``, ``normadd normality`` and ``normadd audit``: the registry on the command line.
+"""``normadd line`` and ``normadd normality``: the registry on the command line.
 
 Every command takes ``--db`` (default ``./normadd.db``); changes take ``--who`` (default
-``$USER``) and ``--why``, which go to the audit log with the change.
+``$USER``) and ``--why``, which go to the audit log with the change. A command on the database
+file acts as ``admin`` and says so; on a line with ``approval: required`` a change is proposed
+and waits for ``normadd change approve`` by another person. ``normadd audit`` is in ``audit.py``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +17,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from normadd.cli.common import friendly_errors, quiet_libraries
+from normadd.cli.common import admin_notice, friendly_errors, quiet_libraries
+from normadd.registry import approvals
 from normadd.registry.store import DEFAULT_DATABASE, Registry
 
 DbOption = Annotated[Path, typer.Option("--db", help="Registry database file.")]
@@ -30,7 +32,7 @@ def default_who() -> str:
 
 
 def register(app: typer.Typer) -> None:
-    """Add the ``line``, ``normality`` and ``audit`` commands to the ``normadd`` app."""
+    """Add the ``line`` and ``normality`` commands to the ``normadd`` app."""
     out = Console()
     line_app = typer.Typer(help="Product lines in the registry.", no_args_is_help=True)
     normality_app = typer.Typer(help="Active normalities of a product line.", no_args_is_help=True)
@@ -61,6 +63,7 @@ def register(app: typer.Typer) -> None:
 
         quiet_libraries()
         config = config_from_options(config_file, class_name, backbone, weights, projections)
+        admin_notice(db)
         with Registry(db) as registry:
             create_line(registry, name, config, who or default_who(), why)
             out.print(f"created line '{name}' ({config.class_name}, {config.backbone}) in {db}", highlight=False)
@@ -106,8 +109,16 @@ def register(app: typer.Typer) -> None:
         from normadd.runtime import resolve_runtime
 
         quiet_libraries()
+        admin_notice(db)
         with Registry(db) as registry:
             model = LineModel.load(registry, line, resolve_runtime(device))
+            if approvals.approval_required(registry, line):
+                record = model.prepare(text, strength, name)
+                summary = f"add normality '{record.name}' (strength {record.strength:g}): {', '.join(record.phrases)}"
+                payload = approvals.normality_payload(record)
+                change = approvals.propose(registry, line, "normality.add", payload, summary, who or default_who(), why)
+                _print_proposed(out, change)
+                return
             added = model.add(registry, text, strength, who or default_who(), why, name)
             out.print(
                 f"added normality '{added.name}' (strength {added.strength:g}) to line '{line}': "
@@ -133,36 +144,25 @@ def register(app: typer.Typer) -> None:
         why: WhyOption = "",
     ) -> None:
         """Make a defect type anomalous again on a line."""
+        admin_notice(db)
         with Registry(db) as registry:
+            if approvals.approval_required(registry, line):
+                summary, payload = f"remove normality '{name}'", {"name": name}
+                change = approvals.propose(
+                    registry, line, "normality.remove", payload, summary, who or default_who(), why
+                )
+                _print_proposed(out, change)
+                return
             removed = registry.remove_normality(line, name, who or default_who(), why)
             out.print(f"removed normality '{removed.name}' from line '{line}'", highlight=False)
 
-    @app.command("audit")
-    @friendly_errors
-    def audit(
-        line: Annotated[str | None, typer.Argument(help="Only this line.")] = None,
-        limit: Annotated[int, typer.Option(help="At most this many rows, newest first.")] = 20,
-        action: Annotated[
-            str | None, typer.Option(help="line.create, normality.add, normality.remove or inspect.")
-        ] = None,
-        as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
-        db: DbOption = DEFAULT_DATABASE,
-    ) -> None:
-        """Show the audit log: who changed what, when and why, and every inspection."""
-        with Registry(db) as registry:
-            if line is not None:
-                registry.line(line)
-            entries = registry.audit(line, limit, action)
-        if as_json:
-            for entry in entries:
-                typer.echo(json.dumps(entry.__dict__, sort_keys=True))
-            return
-        table = Table("id", "at", "line", "action", "who", "why", "details")
-        for entry in entries:
-            table.add_row(
-                str(entry.id), entry.at, entry.line, entry.action, entry.who, entry.why, _summary(entry.details)
-            )
-        out.print(table)
+
+def _print_proposed(out: Console, change: approvals.PendingChange) -> None:
+    out.print(
+        f"line '{change.line}' needs approval: proposed change {change.id} ({change.summary}) by {change.proposed_by}, "
+        f"until {change.expires_at}. Another person approves it with: normadd change approve {change.id}",
+        highlight=False,
+    )
 
 
 def _print_normalities(out: Console, registry: Registry, line: str) -> None:
@@ -177,12 +177,3 @@ def _print_normalities(out: Console, registry: Registry, line: str) -> None:
             ", ".join(normality.phrases),
         )
     out.print(table)
-
-
-def _summary(details: dict[str, Any]) -> str:
-    if "image_sha256" in details:
-        return (
-            f"{details.get('filename') or details['image_sha256'][:12]}: "
-            f"{details['score_before']:.4f} -> {details['score_after']:.4f}"
-        )
-    return ", ".join(f"{k}={v}" for k, v in details.items() if k != "phrases" and v is not None)
