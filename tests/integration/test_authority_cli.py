@@ -99,3 +99,27 @@ def test_key_new_prints_a_secret_once_and_the_hash_the_config_keeps() -> None:
     code, out = _run("key", "new", "x", "--scopes", "inspect,deploy")
     assert code == 2 and "unknown scopes ['deploy']" in out
     assert parse_scopes("inspect+change", "k") == {"inspect", "change"}
+
+
+def test_turning_approval_off_needs_approval_itself(tmp_path: Path) -> None:
+    path = str(tmp_path / "normadd.db")
+    _run("line", "create", "line-2", "-c", "bottle", "--backbone", "tiny-random", "--db", path)
+    code, out = _run("line", "approval", "line-2", "required", "--expires-hours", "12", "--db", path, "--who", "qa")
+    assert code == 0 and "approval required" in out, out
+    code, out = _run("line", "approval", "line-2", "none", "--db", path, "--who", "alice", "--why", "trial over")
+    assert code == 0 and "proposed change 1 (set approval=none)" in out, out
+    code, out = _run("change", "approve", "1", "--db", path, "--who", "qa")
+    assert code == 0, out
+    code, out = _run("normality", "add", "line-2", "scratch", "--db", path, "--who", "alice")
+    assert code == 0 and "added normality 'scratch'" in out, out
+    code, out = _run("audit", "line-2", "--db", path, "--json", "--action", "line.settings")
+    changed = [json.loads(line)["details"] for line in out.splitlines()]
+    assert changed == [
+        {"changes": {"approval": "none"}, "before": {"approval": "required"}},
+        {
+            "changes": {"approval": "required", "approval_expires_hours": 12.0},
+            "before": {"approval": None, "approval_expires_hours": None},
+        },
+    ]
+    code, out = _run("line", "approval", "line-2", "sometimes", "--db", path)
+    assert code == 2 and "use required or none" in out

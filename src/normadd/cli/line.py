@@ -68,6 +68,38 @@ def register(app: typer.Typer) -> None:
             create_line(registry, name, config, who or default_who(), why)
             out.print(f"created line '{name}' ({config.class_name}, {config.backbone}) in {db}", highlight=False)
 
+    @command(line_app, "approval")
+    def line_approval(
+        name: Annotated[str, typer.Argument(help="Line name.")],
+        mode: Annotated[str, typer.Argument(help="required (changes need a second person) or none.")],
+        expires_hours: Annotated[
+            float | None, typer.Option("--expires-hours", help="Hours a pending change waits before it expires.")
+        ] = None,
+        db: DbOption = DEFAULT_DATABASE,
+        who: WhoOption = None,
+        why: WhyOption = "",
+    ) -> None:
+        """Require a second person's approval for the line's changes, or stop requiring it (that needs approval)."""
+        from normadd.config import LineConfig
+
+        if mode not in approvals.APPROVAL_MODES:
+            raise ValueError(f"approval mode '{mode}' is unknown: use required or none")
+        changes: dict[str, Any] = {"approval": mode}
+        if expires_hours is not None:
+            LineConfig(class_name="check", approval=mode, approval_expires_hours=expires_hours)  # validates
+            changes["approval_expires_hours"] = expires_hours
+        admin_notice(db)
+        with Registry(db) as registry:
+            if approvals.approval_required(registry, name):
+                summary = "set " + ", ".join(f"{key}={value}" for key, value in changes.items())
+                payload = {"settings": changes}
+                _print_proposed(
+                    out, approvals.propose(registry, name, "line.settings", payload, summary, who or default_who(), why)
+                )
+                return
+            registry.update_line_settings(name, changes, who or default_who(), why)
+            out.print(f"line '{name}': approval {mode}", highlight=False)
+
     @command(line_app, "show")
     def line_show(
         name: Annotated[str | None, typer.Argument(help="Line name; all lines when left out.")] = None,

@@ -88,10 +88,15 @@ def _apply_normality_remove(registry: Registry, line: str, payload: dict[str, An
     return registry.remove_normality(line, str(payload["name"]), who, why)
 
 
+def _apply_line_settings(registry: Registry, line: str, payload: dict[str, Any], who: str, why: str) -> object:
+    return registry.update_line_settings(line, dict(payload["settings"]), who, why)
+
+
 # kind -> how to apply it (who is the proposer, why their reason). One entry per kind of change.
 APPLY: dict[str, Applier] = {
     "normality.add": _apply_normality_add,
     "normality.remove": _apply_normality_remove,
+    "line.settings": _apply_line_settings,
 }
 
 

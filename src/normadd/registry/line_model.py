@@ -25,6 +25,8 @@ from normadd.runtime import Runtime
 
 NAMED_SETTINGS = ("class_name", "detector", "backbone", "weights", "projections", "layers", "phrase_generator")
 NOT_STORED = ("normalities", "examples")  # active normalities live in their own table
+# Kept only when set otherwise, so lines stored before these settings existed still match their config.
+STORED_WHEN_SET = {"approval": "none", "approval_expires_hours": 72.0}
 
 
 def line_config(line: LineRecord) -> LineConfig:
@@ -37,6 +39,7 @@ def line_config(line: LineRecord) -> LineConfig:
 def line_record(name: str, config: LineConfig) -> LineRecord:
     """The :class:`LineRecord` a config describes, under ``name``."""
     data = {k: v for k, v in asdict(config).items() if k not in NOT_STORED and v is not None}
+    data = {k: v for k, v in data.items() if k not in STORED_WHEN_SET or v != STORED_WHEN_SET[k]}
     named = {key: data.pop(key) for key in NAMED_SETTINGS if key in data}
     return LineRecord(name=name, **named, settings=data)
 

@@ -259,6 +259,20 @@ class Registry:
             self._audit(db, line.name, "line.create", who, why, details)
         return line
 
+    def update_line_settings(self, name: str, changes: dict[str, Any], who: str, why: str = "") -> LineRecord:
+        """Change entries of a line's ``settings`` (e.g. ``approval``) and log the old and new values.
+
+        Raises:
+            LineNotFoundError: No such line.
+        """
+        with self._transaction() as db:
+            before = self.line(name).settings
+            after = {**before, **changes}
+            db.execute("UPDATE lines SET settings = ? WHERE name = ?", (json.dumps(after, sort_keys=True), name))
+            details = {"changes": changes, "before": {key: before.get(key) for key in changes}}
+            self._audit(db, name, "line.settings", who, why, details)
+        return self.line(name)
+
     def line(self, name: str) -> LineRecord:
         """The line of that name.
 
