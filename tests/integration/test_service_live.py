@@ -24,6 +24,7 @@ from normadd.registry.store import Registry
 KEY = "live-test-secret"
 STATION_KEY = "station-live-secret"  # scopes: inspect
 ENGINEER_KEY = "engineer-live-secret"  # scopes: inspect, preview, change, audit
+APPROVER_KEY = "approver-live-secret"  # scopes: approve, audit
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 
 
@@ -52,7 +53,7 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     env = {
         **os.environ,
         "NORMADD_API_KEYS": f"browser={KEY},station-1:inspect={STATION_KEY},"
-        f"engineer:inspect+preview+change+audit={ENGINEER_KEY}",
+        f"engineer:inspect+preview+change+audit={ENGINEER_KEY},approver:approve+audit={APPROVER_KEY}",
         "NORMADD_CACHE_DIR": str(folder / "cache"),
         "HF_HUB_OFFLINE": "1",
     }
@@ -201,3 +202,23 @@ def test_a_quality_engineer_proposes_a_change_but_sees_no_approve_button(
         assert browser.evaluate("document.querySelector('#normalities li.none') !== null")  # not applied
         print(f"screenshot: {browser.screenshot(ARTIFACTS / 'service_page_engineer.png')}")
     assert ENGINEER_KEY not in live_server.log.read_text()
+
+
+def test_an_approver_approves_a_pending_change_from_the_page(live_server: LiveServer, tmp_path: Path) -> None:
+    with httpx.Client(base_url=live_server.url, headers={"X-API-Key": ENGINEER_KEY}, timeout=60) as client:
+        change = client.post("/v1/lines/vials/normalities", json={"text": "bubble", "why": "CAPA-9"}).json()
+    with Chromium(_chromium(), tmp_path / "profile") as browser:
+        _connect(browser, live_server.url, APPROVER_KEY)
+        shown = {p: browser.evaluate(f"{VISIBLE}('{p}')") for p in ("inspect-panel", "add-form", "approvals-panel")}
+        assert shown == {"inspect-panel": False, "add-form": False, "approvals-panel": True}
+        browser.evaluate(
+            "const select = document.getElementById('line'); select.value = 'vials';"
+            "select.dispatchEvent(new Event('change'))"
+        )
+        item = f"document.querySelector('#changes li[data-id=\"{change['id']}\"]')"
+        browser.wait_for(f"{item} !== null")
+        browser.evaluate(f"{item}.querySelector('button.approve').click()")
+        approved = f"change #{change['id']} approved by approver"
+        browser.wait_for(f"document.getElementById('status').textContent === {approved!r}")
+        browser.wait_for("document.querySelector('#normalities li[data-name=\"bubble\"]') !== null")
+    assert APPROVER_KEY not in live_server.log.read_text()

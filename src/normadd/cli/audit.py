@@ -113,6 +113,7 @@ def register(app: typer.Typer) -> None:
         out.print(
             f"audit chain ok: {report.rows} rows in {source}; head row {report.head_id} sha256 {report.head_hash}",
             highlight=False,
+            soft_wrap=True,
         )
 
     @audit_app.command("export")

@@ -194,6 +194,7 @@ def _print_proposed(out: Console, change: approvals.PendingChange) -> None:
         f"line '{change.line}' needs approval: proposed change {change.id} ({change.summary}) by {change.proposed_by}, "
         f"until {change.expires_at}. Another person approves it with: normadd change approve {change.id}",
         highlight=False,
+        soft_wrap=True,
     )
 
 
