@@ -209,3 +209,24 @@ def test_the_service_refuses_to_start_on_a_broken_chain_unless_told(tmp_path: Pa
     with Registry(database) as registry:
         [finding] = registry.audit(action="audit.chain_broken")
     assert finding.details["row_id"] == 1 and finding.who == "normadd serve"
+
+
+def test_a_route_without_a_scope_decision_or_without_the_key_check_stops_the_app() -> None:
+    from fastapi import Depends, FastAPI
+
+    from normadd.serve.app import _check_route_scopes
+
+    def calling_key() -> str:
+        return "k"
+
+    undecided = FastAPI()
+    undecided.get("/v1/new-thing")(lambda: {})
+    with pytest.raises(RuntimeError, match="GET /v1/new-thing has no scope: add it to ROUTE_SCOPES"):
+        _check_route_scopes(undecided, calling_key)
+    unchecked = FastAPI()
+    unchecked.get("/v1/audit/verify")(lambda: {})
+    with pytest.raises(RuntimeError, match="does not take the Caller dependency"):
+        _check_route_scopes(unchecked, calling_key)
+    checked = FastAPI()
+    checked.get("/v1/audit/verify")(lambda who=Depends(calling_key): {})  # noqa: B008
+    _check_route_scopes(checked, calling_key)
