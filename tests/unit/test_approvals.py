@@ -117,3 +117,14 @@ def test_a_payload_altered_in_the_database_cannot_be_approved(registry: Registry
         approvals.approve(registry, change.id, "bob")
     assert registry.normalities("line-1") == []
 
+
+
+def test_a_change_that_expires_between_the_sweep_and_the_decision_is_refused(
+    registry: Registry, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    change = _propose_scratch(registry)
+    monkeypatch.setattr(approvals, "expire_due", lambda registry: [])  # the sweep ran just before expiry
+    clock.now += timedelta(hours=8)
+    with pytest.raises(ChangeNotPendingError, match="already expired"):
+        approvals.approve(registry, change.id, "bob")
+    assert registry.normalities("line-1") == []

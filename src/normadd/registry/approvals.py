@@ -187,7 +187,7 @@ def approve(registry: Registry, change_id: int, who: str, why: str = "", line: s
     """
     expire_due(registry)
     with registry.transaction() as db:
-        change = _pending(db, change_id, line)
+        change = _pending(db, change_id, line, registry.now())
         if who != change.proposed_by:
             row = db.execute("SELECT payload FROM pending_changes WHERE id = ?", (change_id,)).fetchone()
             _check_unaltered(db, change_id, row[0])
@@ -212,7 +212,7 @@ def reject(registry: Registry, change_id: int, who: str, why: str, line: str | N
         raise ValueError("a rejection needs a reason: give one (--why on the CLI, 'why' over REST)")
     expire_due(registry)
     with registry.transaction() as db:
-        change = _pending(db, change_id, line)
+        change = _pending(db, change_id, line, registry.now())
         _decide(registry, db, change, "rejected", who, why)
         return _load(db, change_id)
 
@@ -275,8 +275,10 @@ def _decide(registry: Registry, db: sqlite3.Connection, change: PendingChange, s
     registry.record(change.line, action, who, why, details)
 
 
-def _pending(db: sqlite3.Connection, change_id: int, line: str | None) -> PendingChange:
+def _pending(db: sqlite3.Connection, change_id: int, line: str | None, now: str) -> PendingChange:
     change = _load(db, change_id)
+    if change.status == "pending" and change.expires_at <= now:  # expired since expire_due ran
+        change.status = "expired"
     if line is not None and change.line != line:
         raise ChangeNotFoundError(f"change {change_id} is not on line '{line}' (it is on '{change.line}')")
     if change.status != "pending":
