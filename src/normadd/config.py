@@ -173,6 +173,9 @@ class LineConfig:
     threshold: float | None = None
     threshold_scale: dict[str, str] | None = None
     pixel_size_mm: float | None = None
+    # Authority (issue 18): "required" makes every change wait for a second person's approval.
+    approval: str = "none"
+    approval_expires_hours: float = 72.0
 
     def __post_init__(self) -> None:
         from normadd.decisions.limits import check_pixel_size, parse_size
@@ -180,6 +183,10 @@ class LineConfig:
 
         self.class_name = clean_text(self.class_name, "class name")
         RetentionSettings.from_setting(self.retain)
+        if self.approval not in ("none", "required"):
+            raise NormaddError(f"approval '{self.approval}' is unknown: use none or required")
+        if not float(self.approval_expires_hours) > 0:
+            raise NormaddError(f"approval_expires_hours must be above 0, got {self.approval_expires_hours}")
         check_detector_name(self.detector)
         if self.threshold is not None:
             self.threshold = check_threshold(self.threshold)

@@ -17,6 +17,7 @@ from PIL import Image
 from normadd.config import LineConfig
 from normadd.registry.store import NormalityRecord, Registry
 from normadd.serve.app import create_app
+from normadd.serve.authority import secret_matches
 from normadd.serve.settings import ServiceConfig
 
 KEY = "station-1-secret"
@@ -263,7 +264,9 @@ def test_service_config_reads_database_and_keys_from_yaml(tmp_path: Path, monkey
     )
     config = ServiceConfig.from_yaml(path)
     assert config.line == "line-7" and config.database == tmp_path / "data" / "normadd.db"
-    assert config.api_keys == {"station-1": "first-secret", "station-2": "another-secret"}
+    assert sorted(config.api_keys) == ["station-1", "station-2"]
+    assert secret_matches("another-secret", config.api_keys["station-2"].secret_hash)
+    assert "first-secret" not in repr(config)
     path.write_text("class_name: bottle\nservice:\n  port: 1\n")
     with pytest.raises(Exception, match="unknown service keys"):
         ServiceConfig.from_yaml(path)

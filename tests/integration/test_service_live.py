@@ -17,8 +17,14 @@ import httpx
 import pytest
 
 from helpers.chromium_cdp import Chromium, find_chromium
+from normadd.config import LineConfig
+from normadd.registry.line_model import create_line
+from normadd.registry.store import Registry
 
 KEY = "live-test-secret"
+STATION_KEY = "station-live-secret"  # scopes: inspect
+ENGINEER_KEY = "engineer-live-secret"  # scopes: inspect, preview, change, audit
+APPROVER_KEY = "approver-live-secret"  # scopes: approve, audit
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 
 
@@ -40,10 +46,14 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     folder = tmp_path_factory.mktemp("live")
     config = folder / "line.yaml"
     config.write_text("class_name: bottle\nbackbone: tiny-random\ndatabase: normadd.db\nservice:\n  line: bottle\n")
+    with Registry(folder / "normadd.db") as registry:  # a second line whose changes need approval
+        vials = LineConfig(class_name="vial", backbone="tiny-random", approval="required")
+        create_line(registry, "vials", vials, "test set-up")
     port = free_port()
     env = {
         **os.environ,
-        "NORMADD_API_KEYS": f"browser={KEY}",
+        "NORMADD_API_KEYS": f"browser={KEY},station-1:inspect={STATION_KEY},"
+        f"engineer:inspect+preview+change+audit={ENGINEER_KEY},approver:approve+audit={APPROVER_KEY}",
         "NORMADD_CACHE_DIR": str(folder / "cache"),
         "HF_HUB_OFFLINE": "1",
     }
@@ -149,3 +159,80 @@ def test_the_web_page_adds_a_normality_and_shows_before_suppression_after(
             ("normality.remove", "browser", ""),
             ("normality.add", "browser", "customer accepts broken bottles"),
         ]
+
+
+VISIBLE = "(id => { const e = document.getElementById(id); return !!(e && e.getClientRects().length); })"
+
+
+def _chromium() -> str:
+    binary = find_chromium()
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing in CI: .ci/run installs Debian's chromium package")
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium); CI always runs this test")
+    return binary
+
+
+def _connect(browser: Chromium, url: str, key: str) -> None:
+    browser.navigate(f"{url}/")
+    browser.evaluate(f"document.getElementById('api-key').value = {key!r}; document.getElementById('connect').click()")
+    browser.wait_for("document.getElementById('who').textContent.startsWith('signed in as')")
+
+
+def test_a_station_key_sees_inspection_but_no_change_or_approval_controls(
+    live_server: LiveServer, tmp_path: Path
+) -> None:
+    with Chromium(_chromium(), tmp_path / "profile") as browser:
+        _connect(browser, live_server.url, STATION_KEY)
+        assert browser.evaluate("document.getElementById('who').textContent") == "signed in as station-1 (inspect)"
+        shown = {p: browser.evaluate(f"{VISIBLE}('{p}')") for p in ("inspect-panel", "add-form", "approvals-panel")}
+        assert shown == {"inspect-panel": True, "add-form": False, "approvals-panel": False}
+        assert browser.evaluate("[...document.querySelectorAll('#normalities button')].every(b => b.hidden)")
+    assert STATION_KEY not in live_server.log.read_text()
+
+
+def test_a_quality_engineer_proposes_a_change_but_sees_no_approve_button(
+    live_server: LiveServer, tmp_path: Path
+) -> None:
+    with Chromium(_chromium(), tmp_path / "profile") as browser:
+        _connect(browser, live_server.url, ENGINEER_KEY)
+        shown = {p: browser.evaluate(f"{VISIBLE}('{p}')") for p in ("inspect-panel", "add-form", "approvals-panel")}
+        assert shown == {"inspect-panel": True, "add-form": True, "approvals-panel": True}
+        browser.evaluate(
+            "const select = document.getElementById('line'); select.value = 'vials';"
+            "select.dispatchEvent(new Event('change'))"
+        )
+        browser.wait_for("document.querySelector('#changes li.none') !== null")
+        browser.evaluate(
+            "document.getElementById('normality-text').value = 'crack';"
+            "document.getElementById('normality-why').value = 'CAPA-7';"
+            "document.getElementById('add-normality').click()"
+        )
+        browser.wait_for("document.getElementById('status').textContent.startsWith('proposed change #')")
+        browser.wait_for("document.querySelector('#changes li[data-id]') !== null")
+        item = "document.querySelector('#changes li[data-id]')"
+        assert "proposed by engineer (CAPA-7)" in browser.evaluate(f"{item}.textContent")
+        assert browser.evaluate(f"[...{item}.querySelectorAll('button')].every(b => !b.getClientRects().length)")
+        assert browser.evaluate("document.querySelector('#normalities li.none') !== null")  # not applied
+        print(f"screenshot: {browser.screenshot(ARTIFACTS / 'service_page_engineer.png')}")
+    assert ENGINEER_KEY not in live_server.log.read_text()
+
+
+def test_an_approver_approves_a_pending_change_from_the_page(live_server: LiveServer, tmp_path: Path) -> None:
+    with httpx.Client(base_url=live_server.url, headers={"X-API-Key": ENGINEER_KEY}, timeout=60) as client:
+        change = client.post("/v1/lines/vials/normalities", json={"text": "bubble", "why": "CAPA-9"}).json()
+    with Chromium(_chromium(), tmp_path / "profile") as browser:
+        _connect(browser, live_server.url, APPROVER_KEY)
+        shown = {p: browser.evaluate(f"{VISIBLE}('{p}')") for p in ("inspect-panel", "add-form", "approvals-panel")}
+        assert shown == {"inspect-panel": False, "add-form": False, "approvals-panel": True}
+        browser.evaluate(
+            "const select = document.getElementById('line'); select.value = 'vials';"
+            "select.dispatchEvent(new Event('change'))"
+        )
+        item = f"document.querySelector('#changes li[data-id=\"{change['id']}\"]')"
+        browser.wait_for(f"{item} !== null")
+        browser.evaluate(f"{item}.querySelector('button.approve').click()")
+        approved = f"change #{change['id']} approved by approver"
+        browser.wait_for(f"document.getElementById('status').textContent === {approved!r}")
+        browser.wait_for("document.querySelector('#normalities li[data-name=\"bubble\"]') !== null")
+    assert APPROVER_KEY not in live_server.log.read_text()

@@ -19,8 +19,8 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from normadd.cli.common import console, friendly_errors, progress_bar, quiet_libraries
-from normadd.cli.line import DbOption, WhoOption, WhyOption, default_who
+from normadd.cli.common import admin_notice, console, friendly_errors, progress_bar, quiet_libraries
+from normadd.cli.line import DbOption, WhoOption, WhyOption, default_who, print_proposed
 from normadd.errors import NormaddError
 from normadd.registry.store import DEFAULT_DATABASE
 
@@ -129,11 +129,24 @@ def register(app: typer.Typer) -> None:
                 "defects": str(defects) if defects is not None else None,
             }
             if registry is not None and line is not None:
+                from normadd.registry import approvals
                 from normadd.registry.store import ThresholdRecord
 
                 record = ThresholdRecord(calibration.threshold, scale, calibration.method, details)
-                registry.set_threshold(line, record, who or default_who(), why or f"calibrated on {good}")
-                console.print(f"stored threshold {calibration.threshold:.6g} on line '{line}' in {db}", highlight=False)
+                reason = why or f"calibrated on {good}"
+                admin_notice(db)
+                if approvals.approval_required(registry, line):
+                    summary = f"set threshold {calibration.threshold:.6g} ({calibration.method} on {good})"
+                    payload = approvals.threshold_payload(record)
+                    change = approvals.propose(
+                        registry, line, "threshold.set", payload, summary, who or default_who(), reason
+                    )
+                    print_proposed(console, change)
+                else:
+                    registry.set_threshold(line, record, who or default_who(), reason)
+                    console.print(
+                        f"stored threshold {calibration.threshold:.6g} on line '{line}' in {db}", highlight=False
+                    )
             else:
                 snippet = yaml.safe_dump(
                     {"threshold": calibration.threshold, "threshold_scale": scale}, sort_keys=False

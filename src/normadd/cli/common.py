@@ -64,3 +64,12 @@ def progress_bar() -> Progress:
         console=console,
         transient=False,
     )
+
+
+def admin_notice(database: object) -> None:
+    """Say on stderr that a command on the registry file acts as ``admin`` (API key scopes do not apply)."""
+    console.print(
+        f"[dim]acting as admin on {database}: direct database access, API key scopes do not apply[/]",
+        highlight=False,
+        soft_wrap=True,
+    )

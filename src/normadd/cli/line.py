@@ -1,7 +1,9 @@
-"""``normadd line``, ``normadd normality`` and ``normadd audit``: the registry on the command line.
+"""``normadd line`` and ``normadd normality``: the registry on the command line.
 
 Every command takes ``--db`` (default ``./normadd.db``); changes take ``--who`` (default
-``$USER``) and ``--why``, which go to the audit log with the change.
+``$USER``) and ``--why``, which go to the audit log with the change. A command on the database
+file acts as ``admin`` and says so; on a line with ``approval: required`` a change is proposed
+and waits for ``normadd change approve`` by another person. ``normadd audit`` is in ``audit.py``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from normadd.cli.common import friendly_errors, quiet_libraries
+from normadd.cli.common import admin_notice, friendly_errors, quiet_libraries
+from normadd.registry import approvals
 from normadd.registry.store import DEFAULT_DATABASE, Registry
 
 DbOption = Annotated[Path, typer.Option("--db", help="Registry database file.")]
@@ -30,7 +33,7 @@ def default_who() -> str:
 
 
 def register(app: typer.Typer) -> None:
-    """Add the ``line``, ``normality`` and ``audit`` commands to the ``normadd`` app."""
+    """Add the ``line`` and ``normality`` commands to the ``normadd`` app."""
     out = Console()
     line_app = typer.Typer(help="Product lines in the registry.", no_args_is_help=True)
     normality_app = typer.Typer(help="Active normalities of a product line.", no_args_is_help=True)
@@ -61,9 +64,42 @@ def register(app: typer.Typer) -> None:
 
         quiet_libraries()
         config = config_from_options(config_file, class_name, backbone, weights, projections)
+        admin_notice(db)
         with Registry(db) as registry:
             create_line(registry, name, config, who or default_who(), why)
             out.print(f"created line '{name}' ({config.class_name}, {config.backbone}) in {db}", highlight=False)
+
+    @command(line_app, "approval")
+    def line_approval(
+        name: Annotated[str, typer.Argument(help="Line name.")],
+        mode: Annotated[str, typer.Argument(help="required (changes need a second person) or none.")],
+        expires_hours: Annotated[
+            float | None, typer.Option("--expires-hours", help="Hours a pending change waits before it expires.")
+        ] = None,
+        db: DbOption = DEFAULT_DATABASE,
+        who: WhoOption = None,
+        why: WhyOption = "",
+    ) -> None:
+        """Require a second person's approval for the line's changes, or stop requiring it (that needs approval)."""
+        from normadd.config import LineConfig
+
+        if mode not in approvals.APPROVAL_MODES:
+            raise ValueError(f"approval mode '{mode}' is unknown: use required or none")
+        changes: dict[str, Any] = {"approval": mode}
+        if expires_hours is not None:
+            LineConfig(class_name="check", approval=mode, approval_expires_hours=expires_hours)  # validates
+            changes["approval_expires_hours"] = expires_hours
+        admin_notice(db)
+        with Registry(db) as registry:
+            if approvals.approval_required(registry, name):
+                summary = "set " + ", ".join(f"{key}={value}" for key, value in changes.items())
+                payload = {"settings": changes}
+                print_proposed(
+                    out, approvals.propose(registry, name, "line.settings", payload, summary, who or default_who(), why)
+                )
+                return
+            registry.update_line_settings(name, changes, who or default_who(), why)
+            out.print(f"line '{name}': approval {mode}", highlight=False)
 
     @command(line_app, "show")
     def line_show(
@@ -109,9 +145,18 @@ def register(app: typer.Typer) -> None:
         from normadd.registry.store import ThresholdRecord
 
         threshold = check_threshold(value)
+        admin_notice(db)
         with Registry(db) as registry:
             scale = score_scale(line_config(registry.line(name)))
-            registry.set_threshold(name, ThresholdRecord(threshold, scale, "set"), who or default_who(), why)
+            record = ThresholdRecord(threshold, scale, "set")
+            if approvals.approval_required(registry, name):
+                summary = f"set threshold {threshold:g}"
+                payload = approvals.threshold_payload(record)
+                print_proposed(
+                    out, approvals.propose(registry, name, "threshold.set", payload, summary, who or default_who(), why)
+                )
+                return
+            registry.set_threshold(name, record, who or default_who(), why)
             out.print(f"line '{name}': threshold {threshold:g} (NG when a score is above it)", highlight=False)
 
     @command(line_app, "clear-threshold")
@@ -122,7 +167,15 @@ def register(app: typer.Typer) -> None:
         why: WhyOption = "",
     ) -> None:
         """Remove a line's threshold: its verdicts become undecided."""
+        admin_notice(db)
         with Registry(db) as registry:
+            if approvals.approval_required(registry, name):
+                current = registry.threshold(name)
+                summary = "clear threshold" + (f" (now {current.value:g})" if current is not None else " (none set)")
+                print_proposed(
+                    out, approvals.propose(registry, name, "threshold.clear", {}, summary, who or default_who(), why)
+                )
+                return
             previous = registry.clear_threshold(name, who or default_who(), why)
             was = "none" if previous is None else f"{previous.value:g}"
             out.print(f"line '{name}': threshold cleared (was {was})", highlight=False)
@@ -159,6 +212,7 @@ def register(app: typer.Typer) -> None:
         from normadd.runtime import resolve_runtime
 
         quiet_libraries()
+        admin_notice(db)
         with Registry(db) as registry:
             ends = parse_until(until, registry.clock()) if until is not None else None
             limits: dict[str, object] = {
@@ -174,6 +228,16 @@ def register(app: typer.Typer) -> None:
                 checked.check_units(line_config(registry.line(line)).pixel_size_mm, name or text)
             model = LineModel.load(registry, line, resolve_runtime(device))
             state = "staged" if staged else "active"
+            if approvals.approval_required(registry, line):
+                record = model.prepare(text, strength, name, limits, state=state, until=ends)
+                verb = "stage" if staged else "add"
+                ending = f", until {record.until}" if record.until else ""
+                phrases = ", ".join(record.phrases)
+                summary = f"{verb} normality '{record.name}' (strength {record.strength:g}{ending}): {phrases}"
+                payload = approvals.normality_payload(record)
+                change = approvals.propose(registry, line, "normality.add", payload, summary, who or default_who(), why)
+                print_proposed(out, change)
+                return
             added = model.add(
                 registry, text, strength, who or default_who(), why, name, limits, state=state, until=ends
             )
@@ -201,7 +265,15 @@ def register(app: typer.Typer) -> None:
         why: WhyOption = "",
     ) -> None:
         """Make a staged normality apply from now on (audited)."""
+        admin_notice(db)
         with Registry(db) as registry:
+            if approvals.approval_required(registry, line):
+                summary, payload = f"activate normality '{name}'", {"name": name}
+                change = approvals.propose(
+                    registry, line, "normality.activate", payload, summary, who or default_who(), why
+                )
+                print_proposed(out, change)
+                return
             activated = registry.activate_normality(line, name, who or default_who(), why)
             ending = f" until {activated.until}" if activated.until else ""
             out.print(f"activated normality '{activated.name}' on line '{line}'{ending}", highlight=False)
@@ -274,37 +346,27 @@ def register(app: typer.Typer) -> None:
         why: WhyOption = "",
     ) -> None:
         """Make a defect type anomalous again on a line."""
+        admin_notice(db)
         with Registry(db) as registry:
+            if approvals.approval_required(registry, line):
+                summary, payload = f"remove normality '{name}'", {"name": name}
+                change = approvals.propose(
+                    registry, line, "normality.remove", payload, summary, who or default_who(), why
+                )
+                print_proposed(out, change)
+                return
             removed = registry.remove_normality(line, name, who or default_who(), why)
             out.print(f"removed normality '{removed.name}' from line '{line}'", highlight=False)
 
-    @app.command("audit")
-    @friendly_errors
-    def audit(
-        line: Annotated[str | None, typer.Argument(help="Only this line.")] = None,
-        limit: Annotated[int, typer.Option(help="At most this many rows, newest first.")] = 20,
-        action: Annotated[
-            str | None,
-            typer.Option(help="line.create, normality.add/remove, threshold.set/clear or inspect."),
-        ] = None,
-        as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
-        db: DbOption = DEFAULT_DATABASE,
-    ) -> None:
-        """Show the audit log: who changed what, when and why, and every inspection."""
-        with Registry(db) as registry:
-            if line is not None:
-                registry.line(line)
-            entries = registry.audit(line, limit, action)
-        if as_json:
-            for entry in entries:
-                typer.echo(json.dumps(entry.__dict__, sort_keys=True))
-            return
-        table = Table("id", "at", "line", "action", "who", "why", "details")
-        for entry in entries:
-            table.add_row(
-                str(entry.id), entry.at, entry.line, entry.action, entry.who, entry.why, _summary(entry.details)
-            )
-        out.print(table)
+
+def print_proposed(out: Console, change: approvals.PendingChange) -> None:
+    """Say that a change on an approval line waits for another person, and how they approve it."""
+    out.print(
+        f"line '{change.line}' needs approval: proposed change {change.id} ({change.summary}) by {change.proposed_by}, "
+        f"until {change.expires_at}. Another person approves it with: normadd change approve {change.id}",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def _number_or_text(value: str | None) -> float | str | None:
@@ -425,15 +487,3 @@ def _add_retention_rows(table: Table, registry: Registry, line: str) -> None:
         f"(images {usage.image_bytes / 1e6:.1f} MB, features {usage.features_bytes / 1e6:.1f} MB) in {store.folder}",
     )
 
-
-def _summary(details: dict[str, Any]) -> str:
-    if "image_sha256" in details:
-        verdicts = ""
-        if details.get("verdict_before"):
-            verdicts = f" ({details['verdict_before']} -> {details['verdict_after']})"
-        return (
-            f"{details.get('filename') or details['image_sha256'][:12]}: "
-            f"{details['score_before']:.4f} -> {details['score_after']:.4f}{verdicts}"
-        )
-    hidden = ("phrases", "scale")  # a threshold's score scale is long: `audit --json` shows it
-    return ", ".join(f"{k}={v}" for k, v in details.items() if k not in hidden and v is not None)

@@ -11,7 +11,9 @@ import typer
 from normadd.cli.common import friendly_errors, quiet_libraries
 
 
-def serve(config: Path, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
+def serve(
+    config: Path, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info", allow_broken_chain: bool = False
+) -> None:
     """Load the line once and serve it until interrupted.
 
     Raises:
@@ -20,9 +22,12 @@ def serve(config: Path, host: str = "127.0.0.1", port: int = 8000, log_level: st
     import uvicorn
 
     from normadd.serve.app import create_app
+    from normadd.serve.settings import ServiceConfig
 
     logging.getLogger("normadd").setLevel(logging.INFO)
-    app = create_app(config)
+    settings = ServiceConfig.from_yaml(config)
+    settings.allow_broken_audit_chain = settings.allow_broken_audit_chain or allow_broken_chain
+    app = create_app(settings)
     uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False)
 
 
@@ -36,7 +41,10 @@ def register(app: typer.Typer) -> None:
         host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
         port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
         log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+        allow_broken_audit_chain: Annotated[
+            bool, typer.Option(help="Start even if the audit log's hash chain is broken (the finding is audited).")
+        ] = False,
     ) -> None:
         """Serve inspections, normalities, the audit log and the web page over HTTP (needs the serve extra)."""
         quiet_libraries()
-        serve(config, host, port, log_level)
+        serve(config, host, port, log_level, allow_broken_audit_chain)

@@ -350,7 +350,8 @@ def line_config(settings: EvaluationSettings, class_name: str) -> LineConfig:
 def cache_identity(addition: NormalityAddition, config: LineConfig) -> list[object]:
     """What an image record depends on besides the image: the line settings, weights and projections."""
     encoder = addition.normality_detector.encoder
-    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("normalities", "examples")}
+    unrelated = ("normalities", "examples", "approval", "approval_expires_hours")  # who may change a line is not data
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in unrelated}
     return [
         settings,
         addition.detector.description,

@@ -28,6 +28,8 @@ from normadd.runtime import Runtime
 NAMED_SETTINGS = ("class_name", "detector", "backbone", "weights", "projections", "layers", "phrase_generator")
 # active normalities live in their own table, the threshold in its own (issue 11)
 NOT_STORED = ("normalities", "examples", "threshold", "threshold_scale")
+# Kept only when set otherwise, so lines stored before these settings existed still match their config.
+STORED_WHEN_SET = {"approval": "none", "approval_expires_hours": 72.0}
 
 
 def line_config(line: LineRecord) -> LineConfig:
@@ -40,6 +42,7 @@ def line_config(line: LineRecord) -> LineConfig:
 def line_record(name: str, config: LineConfig) -> LineRecord:
     """The :class:`LineRecord` a config describes, under ``name``."""
     data = {k: v for k, v in asdict(config).items() if k not in NOT_STORED and v is not None}
+    data = {k: v for k, v in data.items() if k not in STORED_WHEN_SET or v != STORED_WHEN_SET[k]}
     named = {key: data.pop(key) for key in NAMED_SETTINGS if key in data}
     return LineRecord(name=name, **named, settings=data)
 
@@ -200,29 +203,8 @@ class LineModel:
             DuplicateNormalityError: Already active or staged on this line.
             DecisionError: Bad limits (checked before anything is stored).
         """
-        limits = {k: v for k, v in (limits or {}).items() if v is not None} or None
-        if limits:
-            checked = limits_from_mapping(name or text, limits)
-            checked.check_units(line_config(self.line).pixel_size_mm, name or text)
         with self._lock:
-            normality = self.addition.normality_detector.make_normality(text, strength, name)
-            if normality.name in self.addition.normalities:
-                raise DuplicateNormalityError(
-                    f"normality '{normality.name}' is already active on line '{self.line.name}': "
-                    "remove it first to change it"
-                )
-            assert normality.embedding is not None
-            record = NormalityRecord(
-                name=normality.name,
-                text=normality.text,
-                strength=normality.strength,
-                phrases=list(normality.phrases),
-                embedding=embedding_to_bytes(normality.embedding),
-                embedding_backbone=self.addition.normality_detector.encoder.identity,
-                state=state,
-                until=until,
-                limits=limits,
-            )
+            normality, record = self._prepare(text, strength, name, limits, state, until)
             stored = registry.add_normality(self.line.name, record, who, why)
             if state == "active":
                 self.addition.normalities[normality.name] = normality
@@ -241,6 +223,62 @@ class LineModel:
             activated = registry.activate_normality(self.line.name, name, who, why)
             self._restore(registry)
             return activated
+
+    def prepare(
+        self,
+        text: str,
+        strength: float,
+        name: str | None = None,
+        limits: dict[str, object] | None = None,
+        state: str = "active",
+        until: str | None = None,
+    ) -> NormalityRecord:
+        """The record :meth:`add` would store (phrases and ``f_add`` computed), without storing it.
+
+        A change waiting for approval holds this record, so the approver sees the exact phrases,
+        limits, state and end.
+
+        Raises:
+            InvalidTextError: Empty or malformed text.
+            ValueError: Strength outside [0, 1].
+            DuplicateNormalityError: Already active on this line.
+            DecisionError: Bad limits.
+        """
+        with self._lock:
+            return self._prepare(text, strength, name, limits, state, until)[1]
+
+    def _prepare(
+        self,
+        text: str,
+        strength: float,
+        name: str | None,
+        limits: dict[str, object] | None = None,
+        state: str = "active",
+        until: str | None = None,
+    ) -> tuple[AddedNormality, NormalityRecord]:
+        limits = {k: v for k, v in (limits or {}).items() if v is not None} or None
+        if limits:  # checked before the phrases are encoded
+            checked = limits_from_mapping(name or text, limits)
+            checked.check_units(line_config(self.line).pixel_size_mm, name or text)
+        normality = self.addition.normality_detector.make_normality(text, strength, name)
+        if normality.name in self.addition.normalities:
+            raise DuplicateNormalityError(
+                f"normality '{normality.name}' is already active on line '{self.line.name}': "
+                "remove it first to change it"
+            )
+        assert normality.embedding is not None
+        record = NormalityRecord(
+            name=normality.name,
+            text=normality.text,
+            strength=normality.strength,
+            phrases=list(normality.phrases),
+            embedding=embedding_to_bytes(normality.embedding),
+            embedding_backbone=self.addition.normality_detector.encoder.identity,
+            state=state,
+            until=until,
+            limits=limits,
+        )
+        return normality, record
 
     def remove(self, registry: Registry, name: str, who: str, why: str = "") -> NormalityRecord:
         """Deactivate a normality in the registry, then here.

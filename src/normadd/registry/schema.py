@@ -2,15 +2,40 @@
 
 ``PRAGMA user_version`` holds how many migrations a database has seen; opening a database runs
 the missing ones in one transaction each. Never edit a released migration: append a new one.
+A migration is SQL text, or a function of the connection when it needs Python (e.g. hashing).
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 
+from normadd.registry.audit_chain import GENESIS, row_hash
 from normadd.registry.errors import SchemaVersionError
 
-MIGRATIONS: tuple[str, ...] = (
+Migration = str | Callable[[sqlite3.Connection], None]
+NO_UPDATE_TRIGGER = """
+    CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: rows cannot be changed'); END
+"""
+
+
+def _chain_audit_log(connection: sqlite3.Connection) -> None:
+    """Give every audit row its place in the hash chain; rows already written are chained now."""
+    connection.execute("ALTER TABLE audit_log ADD COLUMN prev_hash TEXT")
+    connection.execute("ALTER TABLE audit_log ADD COLUMN row_hash TEXT")
+    connection.execute("DROP TRIGGER audit_log_no_update")  # the one time existing rows are written to
+    columns = ("id", "at", "line", "action", "who", "why", "details")
+    prev = GENESIS
+    for values in connection.execute(f"SELECT {', '.join(columns)} FROM audit_log ORDER BY id").fetchall():
+        row = dict(zip(columns, values, strict=True))
+        current = row_hash(row, prev)
+        connection.execute("UPDATE audit_log SET prev_hash = ?, row_hash = ? WHERE id = ?", (prev, current, row["id"]))
+        prev = current
+    connection.execute(NO_UPDATE_TRIGGER)
+
+
+MIGRATIONS: tuple[Migration, ...] = (
     # 1: product lines, their active normalities, and the append-only audit log.
     """
     CREATE TABLE lines (
@@ -88,6 +113,28 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX retained_images_recent ON retained_images (line, seen);
     """,
+    # 4: the audit log's hash chain (audit_chain.py); computed here for the rows already written.
+    _chain_audit_log,
+    # 5: changes waiting for a second person's approval (approvals.py), on lines with approval: required.
+    """
+    CREATE TABLE pending_changes (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        line TEXT NOT NULL REFERENCES lines(name),
+        kind TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        summary TEXT NOT NULL,
+        why TEXT NOT NULL DEFAULT '',
+        proposed_by TEXT NOT NULL,
+        proposed_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL,
+        status TEXT NOT NULL DEFAULT 'pending'
+            CHECK (status IN ('pending', 'approved', 'rejected', 'expired')),
+        decided_by TEXT,
+        decided_at TEXT,
+        decision_why TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX pending_changes_line ON pending_changes (line, status);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -105,15 +152,19 @@ def migrate(connection: sqlite3.Connection) -> int:
             f"the registry has schema version {found}, this normadd knows up to {SCHEMA_VERSION}: upgrade normadd"
         )
     for version in range(found, SCHEMA_VERSION):
-        statements = [s.strip() for s in _split_statements(MIGRATIONS[version]) if s.strip()]
+        migration = MIGRATIONS[version]
         connection.execute("BEGIN IMMEDIATE")
         try:
             # re-read under the write lock: another process may have migrated meanwhile
             if connection.execute("PRAGMA user_version").fetchone()[0] > version:
                 connection.execute("ROLLBACK")
                 continue
-            for statement in statements:
-                connection.execute(statement)
+            if callable(migration):
+                migration(connection)
+            else:
+                for statement in (s.strip() for s in _split_statements(migration)):
+                    if statement:
+                        connection.execute(statement)
             connection.execute(f"PRAGMA user_version = {version + 1}")
             connection.execute("COMMIT")
         except BaseException:

@@ -4,6 +4,8 @@ Every change is one ``BEGIN IMMEDIATE … COMMIT`` transaction that writes the c
 audit row, so a crash leaves either both or neither. WAL journaling with ``synchronous=FULL``
 makes a committed transaction survive the process being killed (and power loss). Nothing here
 imports torch: ``f_add`` is kept as float32 bytes and turned into a tensor by the caller.
+Every audit row is chained to the one before by SHA-256 (:mod:`normadd.registry.audit_chain`),
+in :meth:`Registry._audit`, the one place rows are appended.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from normadd.errors import NormaddError
+from normadd.registry.audit_chain import GENESIS, ChainReport, row_hash, verify_rows
 from normadd.registry.errors import (
     DuplicateNormalityError,
     LineExistsError,
@@ -153,6 +156,8 @@ class AuditEntry:
         who: The person or API key name that did it.
         why: The reason given ("" when none).
         details: What changed or what was inspected.
+        prev_hash: The previous row's ``row_hash`` (the chain's link).
+        row_hash: SHA-256 over this row's canonical JSON and ``prev_hash``.
     """
 
     id: int
@@ -162,6 +167,8 @@ class AuditEntry:
     who: str
     why: str
     details: dict[str, Any]
+    prev_hash: str | None = None
+    row_hash: str | None = None
 
 
 class Registry:
@@ -170,8 +177,8 @@ class Registry:
     Args:
         path: Database file, created (with its folder) when missing.
         timeout: Seconds to wait for another process's write lock.
-        clock: The current time (UTC) that decides when a normality's ``until`` has passed;
-            tests pass a fake one instead of sleeping.
+        clock: The current time (UTC) that decides when a normality's ``until`` has passed and
+            when a pending change expires; tests pass a fake one instead of sleeping.
 
     Raises:
         NormaddError: The file cannot be opened as a SQLite database.
@@ -207,8 +214,15 @@ class Registry:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction: everything inside commits together or not at all."""
+        """One write transaction: everything inside commits together or not at all.
+
+        A transaction opened inside another one (same thread) joins it: an approval applies its
+        change and records the decision in one commit.
+        """
         with self._lock:
+            if self._db.in_transaction:  # we hold the lock, so it is this thread's transaction
+                yield self._db
+                return
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
@@ -217,11 +231,11 @@ class Registry:
                 raise
             self._db.execute("COMMIT")
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, for the registry's own modules (e.g. retention)."""
-        with self._transaction() as db:
-            yield db
+    transaction = _transaction  # public name for modules that build on the registry (approvals, retention)
+
+    def now(self) -> str:
+        """The registry clock's time as ISO text (UTC, milliseconds)."""
+        return self.clock().astimezone(UTC).isoformat(timespec="milliseconds")
 
     def query(self, sql: str, parameters: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         """Rows of one read query, for the registry's own modules."""
@@ -229,23 +243,42 @@ class Registry:
             return self._db.execute(sql, parameters).fetchall()
 
     def audit_event(self, line: str, action: str, who: str, why: str, details: dict[str, Any]) -> int:
-        """Log one event that changes nothing else (e.g. a preview); returns its id.
+        """Log one event that changes nothing else (e.g. a preview) on an existing line; returns its id.
 
         Raises:
             LineNotFoundError: No such line.
         """
         self.line(line)
-        with self._transaction() as db:
-            return self._audit(db, line, action, who, why, details)
+        return self.record(line, action, who, why, details)
 
     def _audit(
         self, db: sqlite3.Connection, line: str, action: str, who: str, why: str, details: dict[str, Any]
     ) -> int:
-        cursor = db.execute(
-            "INSERT INTO audit_log (at, line, action, who, why, details) VALUES (?, ?, ?, ?, ?, ?)",
-            (_now(), line, action, who or "unknown", why or "", json.dumps(details, sort_keys=True)),
+        """Append one audit row, chained to the newest one (call inside a write transaction)."""
+        last = db.execute("SELECT id, row_hash FROM audit_log ORDER BY id DESC LIMIT 1").fetchone()
+        issued = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'audit_log'").fetchone()
+        row: dict[str, Any] = {
+            # the id is part of the hash, so it is chosen here; never reused, even after a deletion
+            "id": max(int(issued[0]) if issued else 0, int(last[0]) if last else 0) + 1,
+            "at": _now(),
+            "line": line,
+            "action": action,
+            "who": who or "unknown",
+            "why": why or "",
+            "details": json.dumps(details, sort_keys=True),
+        }
+        prev = (last[1] if last else None) or GENESIS
+        db.execute(
+            "INSERT INTO audit_log (id, at, line, action, who, why, details, prev_hash, row_hash) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (*row.values(), prev, row_hash(row, prev)),
         )
-        return int(cursor.lastrowid or 0)
+        return int(row["id"])
+
+    def record(self, line: str, action: str, who: str, why: str = "", details: dict[str, Any] | None = None) -> int:
+        """Append an audit row that goes with no stored change (a refused request, a finding); returns its id."""
+        with self._transaction() as db:
+            return self._audit(db, line, action, who, why, details or {})
 
     # --- product lines -------------------------------------------------------------------
 
@@ -278,6 +311,20 @@ class Registry:
             details = {k: v for k, v in asdict(line).items() if k not in ("name", "created_at")}
             self._audit(db, line.name, "line.create", who, why, details)
         return line
+
+    def update_line_settings(self, name: str, changes: dict[str, Any], who: str, why: str = "") -> LineRecord:
+        """Change entries of a line's ``settings`` (e.g. ``approval``) and log the old and new values.
+
+        Raises:
+            LineNotFoundError: No such line.
+        """
+        with self._transaction() as db:
+            before = self.line(name).settings
+            after = {**before, **changes}
+            db.execute("UPDATE lines SET settings = ? WHERE name = ?", (json.dumps(after, sort_keys=True), name))
+            details = {"changes": changes, "before": {key: before.get(key) for key in changes}}
+            self._audit(db, name, "line.settings", who, why, details)
+        return self.line(name)
 
     def line(self, name: str) -> LineRecord:
         """The line of that name.
@@ -596,6 +643,29 @@ class Registry:
                 f"SELECT * FROM audit_log {where} ORDER BY id DESC LIMIT ?", (*values, int(limit))
             ).fetchall()
         return [AuditEntry(**{**dict(row), "details": json.loads(row["details"])}) for row in rows]
+
+    def audit_rows(self, after_id: int = 0, batch: int = 1000) -> Iterator[dict[str, Any]]:
+        """Every audit row as stored (``details`` parsed), oldest first, read in batches."""
+        while True:
+            with self._lock:
+                rows = self._db.execute(
+                    "SELECT * FROM audit_log WHERE id > ? ORDER BY id LIMIT ?", (after_id, batch)
+                ).fetchall()
+            for row in rows:
+                try:
+                    details = json.loads(row["details"])
+                except (ValueError, TypeError):  # tampered with: kept as found, so verify can name the row
+                    details = row["details"]
+                yield {**dict(row), "details": details}
+            if len(rows) < batch:
+                return
+            after_id = int(rows[-1]["id"])
+
+    def verify_audit_chain(self) -> ChainReport:
+        """Walk the audit log's hash chain and name the first row that no longer matches."""
+        with self._lock:
+            issued = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'audit_log'").fetchone()
+        return verify_rows(self.audit_rows(), int(issued[0]) if issued else 0)
 
     def integrity_check(self) -> str:
         """SQLite's ``PRAGMA integrity_check`` result (``ok`` when sound)."""

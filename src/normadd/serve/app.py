@@ -1,6 +1,9 @@
 """The FastAPI app: inspections, normalities and the audit log of product lines, plus the web page.
 
-``create_app(settings)`` builds it; every ``/v1`` route needs an ``X-API-Key`` header. Each
+``create_app(settings)`` builds it; every ``/v1`` route needs an ``X-API-Key`` header whose key
+has the route's scope (:data:`normadd.serve.authority.ROUTE_SCOPES`; a refusal is a 403 and is
+audited). On a line with ``approval: required`` a change answers 202 with a pending change that
+another person approves. The service refuses to start on a broken audit chain. Each
 line's model is loaded once (the configured line at start-up, others on first use) and its
 inspections go through one :class:`MicroBatcher`. Bad input is answered with a JSON error
 (``{"error": code, "detail": message}``) and a 4xx code, and leaves the registry unchanged.
@@ -12,7 +15,6 @@ import asyncio
 import base64
 import functools
 import hashlib
-import hmac
 import io
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -23,8 +25,10 @@ from typing import Annotated, Any
 
 import torch
 from fastapi import Depends, FastAPI, File, Query, Request, Security, UploadFile
+from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
+from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
@@ -38,6 +42,8 @@ from normadd.decisions.scale import score_scale, stale_reason
 from normadd.errors import ImageLoadError, InvalidTextError, NormaddError
 from normadd.images import load_image_bytes
 from normadd.normality.addition import AdditionResult
+from normadd.registry import approvals
+from normadd.registry.approvals import ChangeNotFoundError, ChangeNotPendingError, PendingChange, SelfApprovalError
 from normadd.registry.errors import (
     DuplicateNormalityError,
     LineExistsError,
@@ -52,6 +58,7 @@ from normadd.registry.schedule import parse_until
 from normadd.registry.store import InspectionRecord, NormalityRecord, Registry, ThresholdRecord
 from normadd.runtime import resolve_runtime
 from normadd.serve import schemas
+from normadd.serve.authority import PUBLIC, ROUTE_SCOPES, ApiKey, KeyRing
 from normadd.serve.batching import MicroBatcher
 from normadd.serve.settings import ServiceConfig
 from normadd.visualize import heat_overlay
@@ -60,8 +67,12 @@ logger = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 MAP_SIZE = 256
 MAX_NAME_CHARS = 200  # of an upload's file name, as kept in the audit log
-ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": schemas.ErrorOut} for code in (401, 404, 409, 413)}
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": schemas.ErrorOut} for code in (401, 403, 404, 409, 413)}
+PROPOSED: dict[int | str, dict[str, Any]] = {202: {"model": schemas.ChangeOut, "description": "Waits for approval."}}
 STATUS_OF: list[tuple[type[Exception], int, str]] = [
+    (ChangeNotFoundError, 404, "unknown_change"),
+    (ChangeNotPendingError, 409, "change_not_pending"),
+    (SelfApprovalError, 403, "own_change"),
     (LineNotFoundError, 404, "unknown_line"),
     (NormalityNotFoundError, 404, "unknown_normality"),
     (RegistryError, 409, "conflict"),
@@ -152,18 +163,38 @@ class Service:
         self.registry = Registry(settings.database)
         self.lines: dict[str, ServedLine] = {}
         self._loading = asyncio.Lock()
-        self._keys = [(name, secret.encode()) for name, secret in settings.api_keys.items()]
+        self.keys = KeyRing(settings.api_keys.values())
+        self.check_audit_chain()
+
+    def check_audit_chain(self) -> None:
+        """Refuse to start on a broken audit chain, unless ``allow_broken_audit_chain`` (then audit the finding).
+
+        Raises:
+            NormaddError: The chain is broken and the settings do not allow starting.
+        """
+        report = self.registry.verify_audit_chain()
+        if report.finding is None:
+            return
+        where = self.registry.path
+        if not self.settings.allow_broken_audit_chain:
+            self.registry.close()
+            raise NormaddError(
+                f"the audit log of {where} is broken at {report.finding}; see `normadd audit verify --db {where}`. "
+                "To start anyway (the finding is audited): service.allow_broken_audit_chain: true "
+                "or normadd serve --allow-broken-audit-chain"
+            )
+        logger.error("starting with a broken audit log (%s): %s", where, report.finding)
+        details = {"row_id": report.finding.row_id, "problem": report.finding.problem}
+        self.registry.record("", "audit.chain_broken", "normadd serve", "allow_broken_audit_chain", details)
+
+    def key(self, secret: str | None) -> ApiKey | None:
+        """The key ``secret`` belongs to; None when none matches."""
+        return self.keys.find(secret)
 
     def key_name(self, secret: str | None) -> str | None:
-        """The name of the key ``secret`` is, compared in constant time; None when none matches."""
-        if not secret:
-            return None
-        given = secret.encode()
-        found = None
-        for name, expected in self._keys:  # no early exit: timing does not tell which key matched
-            if hmac.compare_digest(given, expected):
-                found = name
-        return found
+        """The name of the key ``secret`` belongs to; None when none matches."""
+        key = self.key(secret)
+        return key.name if key else None
 
     def ensure_configured_line(self) -> LineModel | None:
         """Create the configured line from its config when the registry does not have it yet.
@@ -324,12 +355,28 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
     _add_error_handlers(app)
     api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="One of the service's API keys.")
 
-    def caller(secret: Annotated[str | None, Security(api_key_header)]) -> str:
-        name = service.key_name(secret)
-        if name is None:
+    def calling_key(request: Request, secret: Annotated[str | None, Security(api_key_header)]) -> ApiKey:
+        """The request's key, if it has the scope ROUTE_SCOPES gives the route (a refusal is audited)."""
+        key = service.key(secret)
+        if key is None:
             word = "missing" if not secret else "not valid"
             raise ApiError(401, "unauthorized", f"API key {word}: send one of the service's keys in X-API-Key")
-        return name
+        route = request.scope["route"]
+        needed = ROUTE_SCOPES[(request.method, route.path)]  # every route has one: checked in create_app
+        if not key.allows(needed):
+            line = str(request.path_params.get("line", ""))
+            details = {"method": request.method, "route": route.path, "needed": needed, "scopes": sorted(key.scopes)}
+            service.registry.record(line, "access.denied", key.name, "", details)
+            raise ApiError(
+                403,
+                "forbidden",
+                f"key '{key.name}' lacks the '{needed}' scope that {request.method} {route.path} needs "
+                f"(it has: {', '.join(sorted(key.scopes)) or 'none'})",
+            )
+        return key
+
+    def caller(key: Annotated[ApiKey, Depends(calling_key)]) -> str:
+        return key.name
 
     Caller = Annotated[str, Depends(caller)]  # noqa: N806 (a type alias, named as one)
 
@@ -353,10 +400,20 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
         lines = await run(service.registry.lines)
         return [
             schemas.LineOut(
-                name=x.name, class_name=x.class_name, detector=x.detector, backbone=x.backbone, created_at=x.created_at
+                name=x.name,
+                class_name=x.class_name,
+                detector=x.detector,
+                backbone=x.backbone,
+                created_at=x.created_at,
+                approval=x.settings.get("approval", "none"),
             )
             for x in lines
         ]
+
+    @app.get("/v1/me", response_model=schemas.MeOut, responses=ERRORS, tags=["service"])
+    async def me(key: Annotated[ApiKey, Depends(calling_key)]) -> schemas.MeOut:
+        """The calling key's name and scopes (the web page shows only what they allow)."""
+        return schemas.MeOut(name=key.name, scopes=sorted(key.scopes))
 
     @app.post(
         "/v1/lines/{line}/inspect",
@@ -466,28 +523,53 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
     @app.put(
         "/v1/lines/{line}/threshold",
         response_model=schemas.ThresholdOut,
-        responses={**ERRORS, 422: {"model": schemas.ErrorOut}},
+        responses={**ERRORS, **PROPOSED, 422: {"model": schemas.ErrorOut}},
         tags=["decisions"],
     )
-    async def set_threshold(line: str, body: schemas.ThresholdIn, who: Caller) -> schemas.ThresholdOut:
-        """Set the line's threshold by hand, for its current detector (logged with who and why)."""
+    async def set_threshold(line: str, body: schemas.ThresholdIn, who: Caller) -> Any:
+        """Set the line's threshold by hand, for its current detector (logged with who and why).
 
-        def store() -> schemas.ThresholdOut:
+        On a line with ``approval: required`` the change is proposed instead (202).
+        """
+
+        def store() -> Any:
             scale = score_scale(line_config(service.registry.line(line)))
-            service.registry.set_threshold(line, ThresholdRecord(body.value, scale, "set"), who, body.why)
+            record = ThresholdRecord(body.value, scale, "set")
+            if approvals.approval_required(service.registry, line):
+                payload, summary = approvals.threshold_payload(record), f"set threshold {body.value:g}"
+                return _proposed(
+                    approvals.propose(service.registry, line, "threshold.set", payload, summary, who, body.why)
+                )
+            service.registry.set_threshold(line, record, who, body.why)
             return threshold_out(line)
 
         return await run(store)
 
-    @app.delete("/v1/lines/{line}/threshold", response_model=schemas.ThresholdOut, responses=ERRORS, tags=["decisions"])
+    @app.delete(
+        "/v1/lines/{line}/threshold",
+        response_model=schemas.ThresholdOut,
+        responses={**ERRORS, **PROPOSED},
+        tags=["decisions"],
+    )
     async def clear_threshold(
         line: str,
         who: Caller,
         why: Annotated[str, Query(max_length=500, description="Reason, kept in the audit log.")] = "",
-    ) -> schemas.ThresholdOut:
-        """Remove the line's threshold: its verdicts become undecided (logged with who and why)."""
-        await run(service.registry.clear_threshold, line, who, why)
-        return await run(threshold_out, line)
+    ) -> Any:
+        """Remove the line's threshold: its verdicts become undecided (logged with who and why).
+
+        On a line with ``approval: required`` the change is proposed instead (202).
+        """
+
+        def clear() -> Any:
+            if approvals.approval_required(service.registry, line):
+                current = service.registry.threshold(line)
+                summary = "clear threshold" + (f" (now {current.value:g})" if current is not None else " (none set)")
+                return _proposed(approvals.propose(service.registry, line, "threshold.clear", {}, summary, who, why))
+            service.registry.clear_threshold(line, who, why)
+            return threshold_out(line)
+
+        return await run(clear)
 
     @app.get(
         "/v1/lines/{line}/normalities", response_model=schemas.NormalitiesOut, responses=ERRORS, tags=["normalities"]
@@ -501,15 +583,26 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
         "/v1/lines/{line}/normalities",
         status_code=201,
         response_model=schemas.NormalityOut,
-        responses={**ERRORS, 422: {"model": schemas.ErrorOut}},
+        responses={**ERRORS, **PROPOSED, 422: {"model": schemas.ErrorOut}},
         tags=["normalities"],
     )
-    async def add_normality(line: str, body: schemas.NormalityIn, who: Caller) -> schemas.NormalityOut:
-        """Make a defect type normal on the line (logged with who and why)."""
+    async def add_normality(line: str, body: schemas.NormalityIn, who: Caller) -> Any:
+        """Make a defect type normal on the line (logged with who and why); 202 when it needs approval."""
         served = await service.line(line)
         until = parse_until(body.until, service.registry.clock()) if body.until is not None else None
         state = "staged" if body.staged else "active"
         limits = {"max_area": body.max_area, "max_length": body.max_length}  # region masks: set from the CLI
+        if await run(approvals.approval_required, service.registry, line):
+            prepare = functools.partial(served.model.prepare, state=state, until=until)
+            record = await run(prepare, body.text, body.strength, body.name, limits)
+            verb = "stage" if body.staged else "add"
+            ending = f", until {record.until}" if record.until else ""
+            phrases = ", ".join(record.phrases)
+            summary = f"{verb} normality '{record.name}' (strength {record.strength:g}{ending}): {phrases}"
+            payload = approvals.normality_payload(record)
+            kind = "normality.add"
+            change = await run(approvals.propose, service.registry, line, kind, payload, summary, who, body.why)
+            return _proposed(change)
         add = functools.partial(served.model.add, state=state, until=until)
         record = await run(add, service.registry, body.text, body.strength, who, body.why, body.name, limits)
         return _normality_out(record)
@@ -543,21 +636,24 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
     @app.post(
         "/v1/lines/{line}/normalities/{name}/activate",
         response_model=schemas.NormalityOut,
-        responses={**ERRORS, 422: {"model": schemas.ErrorOut}},
+        responses={**ERRORS, **PROPOSED, 422: {"model": schemas.ErrorOut}},
         tags=["normalities"],
     )
-    async def activate_normality(
-        line: str, name: str, who: Caller, body: schemas.ActivateIn | None = None
-    ) -> schemas.NormalityOut:
-        """Make a staged normality apply from now on (logged with who and why)."""
+    async def activate_normality(line: str, name: str, who: Caller, body: schemas.ActivateIn | None = None) -> Any:
+        """Make a staged normality apply from now on (logged with who and why); 202 when it needs approval."""
         served = await service.line(line)
-        record = await run(served.model.activate, service.registry, name, who, body.why if body else "")
+        why = body.why if body else ""
+        if await run(approvals.approval_required, service.registry, line):
+            summary, payload, kind = f"activate normality '{name}'", {"name": name}, "normality.activate"
+            change = await run(approvals.propose, service.registry, line, kind, payload, summary, who, why)
+            return _proposed(change)
+        record = await run(served.model.activate, service.registry, name, who, why)
         return _normality_out(record)
 
     @app.delete(
         "/v1/lines/{line}/normalities/{name}",
         response_model=schemas.NormalityOut,
-        responses=ERRORS,
+        responses={**ERRORS, **PROPOSED},
         tags=["normalities"],
     )
     async def remove_normality(
@@ -565,16 +661,21 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
         name: str,
         who: Caller,
         why: Annotated[str, Query(max_length=500, description="Reason, kept in the audit log.")] = "",
-    ) -> schemas.NormalityOut:
-        """Make a defect type anomalous again on the line (logged with who and why)."""
+    ) -> Any:
+        """Make a defect type anomalous again on the line (logged with who and why); 202 when it needs approval."""
         served = await service.line(line)
+        if await run(approvals.approval_required, service.registry, line):
+            summary = f"remove normality '{name}'"
+            payload, kind = {"name": name}, "normality.remove"
+            change = await run(approvals.propose, service.registry, line, kind, payload, summary, who, why)
+            return _proposed(change)
         record = await run(served.model.remove, service.registry, name, who, why)
         return _normality_out(record)
 
     @app.delete(
         "/v1/lines/{line}/normalities",
         response_model=schemas.NormalityOut,
-        responses=ERRORS,
+        responses={**ERRORS, **PROPOSED},
         tags=["normalities"],
     )
     async def remove_normality_by_query(
@@ -582,7 +683,7 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
         name: Annotated[str, Query(min_length=1, description="The normality's name.")],
         who: Caller,
         why: Annotated[str, Query(max_length=500, description="Reason, kept in the audit log.")] = "",
-    ) -> schemas.NormalityOut:
+    ) -> Any:
         """The same as ``DELETE /v1/lines/{line}/normalities/{name}``, with the name as a query parameter."""
         return await remove_normality(line, name, who, why)
 
@@ -592,7 +693,11 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
         who: Caller,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         action: Annotated[
-            str | None, Query(description="line.create, normality.add, normality.remove, inspect")
+            str | None,
+            Query(
+                description="line.create, normality.add/remove/activate/preview, threshold.set/clear, inspect, "
+                "change.propose/approve/reject, access.denied"
+            ),
         ] = None,
         before_id: Annotated[int | None, Query(description="Only rows older than this id (paging).")] = None,
     ) -> schemas.AuditOut:
@@ -601,12 +706,95 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
         entries = await run(service.registry.audit, line, limit, action, before_id)
         return schemas.AuditOut(line=line, entries=[schemas.AuditEntryOut(**e.__dict__) for e in entries])
 
+    @app.get("/v1/audit/verify", response_model=schemas.ChainOut, responses=ERRORS, tags=["audit"])
+    async def verify_audit(who: Caller) -> schemas.ChainOut:
+        """Walk the whole audit log's hash chain and name the first row that no longer matches."""
+        report = await run(service.registry.verify_audit_chain)
+        finding = report.finding
+        return schemas.ChainOut(
+            ok=report.ok,
+            rows=report.rows,
+            head_id=report.head_id,
+            head_hash=report.head_hash,
+            first_bad_row=finding.row_id if finding else None,
+            problem=finding.problem if finding else None,
+        )
+
+    @app.get("/v1/lines/{line}/changes", response_model=schemas.ChangesOut, responses=ERRORS, tags=["approval"])
+    async def list_changes(
+        line: str,
+        who: Caller,
+        status: Annotated[
+            str | None, Query(pattern="^(pending|approved|rejected|expired)$", description="Default: pending.")
+        ] = "pending",
+    ) -> schemas.ChangesOut:
+        """Changes waiting for a second person's approval (or, by status, decided ones)."""
+        await run(service.registry.line, line)
+        found = await run(approvals.changes, service.registry, line, status)
+        return schemas.ChangesOut(line=line, changes=[_change_out(c) for c in found])
+
+    @app.post(
+        "/v1/lines/{line}/changes/{change_id}/approve",
+        response_model=schemas.ChangeOut,
+        responses={**ERRORS, 422: {"model": schemas.ErrorOut}},
+        tags=["approval"],
+    )
+    async def approve_change(
+        line: str, change_id: int, who: Caller, body: schemas.DecisionIn | None = None
+    ) -> schemas.ChangeOut:
+        """Apply another person's pending change (the proposer cannot approve their own)."""
+        why = body.why if body else ""
+        change = await run(approvals.approve, service.registry, change_id, who, why, line)
+        return _change_out(change)
+
+    @app.post(
+        "/v1/lines/{line}/changes/{change_id}/reject",
+        response_model=schemas.ChangeOut,
+        responses={**ERRORS, 422: {"model": schemas.ErrorOut}},
+        tags=["approval"],
+    )
+    async def reject_change(line: str, change_id: int, who: Caller, body: schemas.DecisionIn) -> schemas.ChangeOut:
+        """Close a pending change without applying it; needs a reason."""
+        change = await run(approvals.reject, service.registry, change_id, who, body.why, line)
+        return _change_out(change)
+
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
         return FileResponse(STATIC / "index.html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    _check_route_scopes(app, calling_key)
     return app
+
+
+def _check_route_scopes(app: FastAPI, calling_key: Callable[..., Any]) -> None:
+    """Every route has a scope decision in ROUTE_SCOPES, and every non-public one checks the key.
+
+    Raises:
+        RuntimeError: A route without a decision (add it to ROUTE_SCOPES), or one that skips the check.
+    """
+    for route in app.routes:
+        if not isinstance(route, APIRoute):
+            continue  # the docs, the OpenAPI document and the static files
+        for method in sorted(route.methods or ()):
+            needed = ROUTE_SCOPES.get((method, route.path))
+            if needed is None:
+                raise RuntimeError(f"{method} {route.path} has no scope: add it to ROUTE_SCOPES in serve/authority.py")
+            if needed != PUBLIC and not _depends_on(route.dependant, calling_key):
+                raise RuntimeError(f"{method} {route.path} needs '{needed}' but does not take the Caller dependency")
+
+
+def _depends_on(dependant: Dependant, function: Callable[..., Any]) -> bool:
+    return any(d.call is function or _depends_on(d, function) for d in dependant.dependencies)
+
+
+def _proposed(change: PendingChange) -> JSONResponse:
+    return JSONResponse(_change_out(change).model_dump(), status_code=202)
+
+
+def _change_out(change: PendingChange) -> schemas.ChangeOut:
+    shown = {k: v for k, v in change.payload.items() if k != "embedding"}
+    return schemas.ChangeOut(**{**change.__dict__, "payload": shown})
 
 
 def _add_error_handlers(app: FastAPI) -> None:

@@ -129,6 +129,8 @@ class AuditEntryOut(BaseModel):
     who: str
     why: str
     details: dict[str, Any]
+    prev_hash: str | None = Field(None, description="The previous row's row_hash (the chain's link).")
+    row_hash: str | None = Field(None, description="SHA-256 over this row's canonical JSON and prev_hash.")
 
 
 class AuditOut(BaseModel):
@@ -146,6 +148,7 @@ class LineOut(BaseModel):
     detector: str
     backbone: str
     created_at: str
+    approval: str = Field("none", description="'required' when changes wait for a second person's approval.")
 
 
 class HealthOut(BaseModel):
@@ -210,3 +213,52 @@ class PreviewOut(BaseModel):
     audit_id: int
     flips: list[PreviewPartOut]
     items: list[PreviewPartOut]
+
+
+class MeOut(BaseModel):
+    """The key a request was made with: who it is and what it may do."""
+
+    name: str
+    scopes: list[str]
+
+
+class DecisionIn(BaseModel):
+    """An approver's reason (required to reject)."""
+
+    why: str = Field("", max_length=500, description="Reason, kept in the audit log.")
+
+
+class ChangeOut(BaseModel):
+    """A change waiting for (or decided by) a second person's approval."""
+
+    id: int
+    line: str
+    kind: str = Field(examples=["normality.add"])
+    summary: str
+    payload: dict[str, Any] = Field(description="What applies on approval (f_add left out).")
+    why: str
+    proposed_by: str
+    proposed_at: str
+    expires_at: str
+    status: str = Field(examples=["pending"], description="pending, approved, rejected or expired")
+    decided_by: str | None = None
+    decided_at: str | None = None
+    decision_why: str = ""
+
+
+class ChangesOut(BaseModel):
+    """Changes of a line, oldest first."""
+
+    line: str
+    changes: list[ChangeOut]
+
+
+class ChainOut(BaseModel):
+    """The audit log's hash chain, walked from the first row."""
+
+    ok: bool
+    rows: int = Field(description="Rows that matched.")
+    head_id: int = Field(description="Last row that matched.")
+    head_hash: str = Field(description="Its row_hash: keep it to detect a rewrite of the whole log later.")
+    first_bad_row: int | None = None
+    problem: str | None = None

@@ -8,9 +8,13 @@ One YAML file describes the line the service runs and how it runs it::
     database: ./normadd.db
     service:
       line: bottle-line-3         # name in the registry (default: the class name)
-      api_keys: {station-1: "…"}  # or NORMADD_API_KEYS="station-1=…,station-2=…"
+      api_keys:                   # or NORMADD_API_KEYS="station-1:inspect=…,alice:inspect+change=…"
+        station-1: {secret_hash: "scrypt$…", scopes: [inspect]}
+        alice: {secret: "…", scopes: [inspect, preview, change, audit]}
 
-API keys map a name (written to the audit log as *who*) to a secret (never logged).
+API keys map a name (written to the audit log as *who*) to a secret and scopes
+(:mod:`normadd.serve.authority`). The service keeps only the secret's scrypt hash; ``normadd key
+new`` prints a fresh secret and its hash, so the config need not hold the secret at all.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 from normadd.config import LineConfig, read_yaml_mapping
 from normadd.errors import NormaddError
 from normadd.registry.store import DEFAULT_DATABASE
+from normadd.serve.authority import ApiKey
 
 API_KEYS_ENV = "NORMADD_API_KEYS"
 
@@ -35,25 +40,29 @@ class ServiceConfig:
         line: The line's name in the registry.
         line_config: Its settings; used to create the line when the registry lacks it.
         database: The registry file.
-        api_keys: Key name -> secret; requests must send one secret in ``X-API-Key``.
+        api_keys: Key name -> :class:`ApiKey` (given as a secret, or ``{secret | secret_hash,
+            scopes}``); requests must send one secret in ``X-API-Key``.
         max_upload_bytes: Largest request body of an inspection (all files together).
         max_images_per_request: Most files in one inspection request.
         max_image_pixels: Largest width x height of one image.
         batch_max_images: Most images in one forward pass.
         batch_wait_ms: How long the first request of a pass waits for others to join.
         device: ``auto``, ``cpu`` or ``cuda``.
+        allow_broken_audit_chain: Start even when the audit log's hash chain is broken (the
+            finding is audited); by default the service refuses to start.
     """
 
     line: str
     line_config: LineConfig
     database: Path = DEFAULT_DATABASE
-    api_keys: dict[str, str] = field(default_factory=dict)
+    api_keys: dict[str, Any] = field(default_factory=dict)
     max_upload_bytes: int = 20_000_000
     max_images_per_request: int = 16
     max_image_pixels: int = 40_000_000
     batch_max_images: int = 16
     batch_wait_ms: float = 5.0
     device: str = "auto"
+    allow_broken_audit_chain: bool = False
 
     def __post_init__(self) -> None:
         for name in ("max_upload_bytes", "max_images_per_request", "max_image_pixels", "batch_max_images"):
@@ -62,10 +71,8 @@ class ServiceConfig:
         if self.batch_wait_ms < 0:
             raise NormaddError(f"service.batch_wait_ms must be >= 0, got {self.batch_wait_ms}")
         self.database = Path(self.database)
-        self.api_keys = {**self.api_keys, **api_keys_from_env()}
-        for key_name, secret in self.api_keys.items():
-            if not isinstance(secret, str) or len(secret) < 8:
-                raise NormaddError(f"API key '{key_name}' must be a string of at least 8 characters")
+        merged = {**self.api_keys, **api_keys_from_env()}
+        self.api_keys = {name: ApiKey.from_setting(name, setting) for name, setting in merged.items()}
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> ServiceConfig:
@@ -94,10 +101,19 @@ class ServiceConfig:
         return cls(line_config=line_config, database=database or DEFAULT_DATABASE, **service)
 
 
-def api_keys_from_env() -> dict[str, str]:
-    """Keys from ``$NORMADD_API_KEYS``: ``name=secret`` items separated by commas."""
-    keys: dict[str, str] = {}
+def api_keys_from_env() -> dict[str, Any]:
+    """Keys from ``$NORMADD_API_KEYS``: ``name:scope+scope=secret`` items separated by commas.
+
+    ``name=secret`` (no scopes) and a bare ``secret`` (named ``key1``, ``key2``…) still work; the
+    secret may be a ``scrypt$…`` hash.
+    """
+    keys: dict[str, Any] = {}
     for index, item in enumerate(filter(None, (s.strip() for s in os.environ.get(API_KEYS_ENV, "").split(",")))):
         name, sep, secret = item.partition("=")
-        keys[name.strip() if sep else f"key{index + 1}"] = (secret if sep else name).strip()
+        if not sep:
+            name, secret = f"key{index + 1}", name
+        name, has_scopes, scopes = name.strip().partition(":")
+        keys[name] = {"secret": secret.strip(), "scopes": scopes if has_scopes else None}
+        if secret.strip().startswith("scrypt$"):
+            keys[name] = {"secret_hash": secret.strip(), "scopes": keys[name]["scopes"]}
     return keys

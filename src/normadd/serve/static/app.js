@@ -3,6 +3,18 @@
 
 const $ = (id) => document.getElementById(id);
 let lastImage = null; // the file last inspected, re-inspected after every change of normalities
+let scopes = []; // of the connected key (GET /v1/me); the server enforces them, the page only hides what they forbid
+
+function allowed(scope) {
+  return scopes.includes(scope) || scopes.includes("admin");
+}
+
+function showAllowed(root = document) {
+  // An element with data-scope="a b" is shown when the key has scope a or b.
+  for (const element of root.querySelectorAll("[data-scope]")) {
+    element.hidden = !element.dataset.scope.split(" ").some(allowed);
+  }
+}
 
 function status(message, isError = false) {
   $("status").textContent = message;
@@ -24,6 +36,10 @@ function line() {
 async function connect() {
   localStorage.setItem("normadd-api-key", $("api-key").value);
   try {
+    const me = await api("/v1/me");
+    scopes = me.scopes;
+    $("who").textContent = `signed in as ${me.name} (${me.scopes.join(", ")})`;
+    showAllowed();
     const lines = await api("/v1/lines");
     const select = $("line");
     const chosen = select.value;
@@ -36,6 +52,7 @@ async function connect() {
     }
     if (chosen) select.value = chosen;
     await refreshNormalities();
+    await refreshChanges();
     status(`connected: ${lines.length} line(s)`);
   } catch (error) {
     status(error.message, true);
@@ -65,6 +82,7 @@ async function refreshNormalities() {
       activate.type = "button";
       activate.className = "activate";
       activate.textContent = "Activate";
+      activate.dataset.scope = "change";
       activate.addEventListener("click", () => activateNormality(normality.name));
       buttons.push(activate);
     }
@@ -72,16 +90,71 @@ async function refreshNormalities() {
     remove.type = "button";
     remove.className = "remove";
     remove.textContent = "Remove";
+    remove.dataset.scope = "change";
     remove.addEventListener("click", () => removeNormality(normality.name));
     buttons.push(remove);
     item.append(title, state, ...buttons, phrases);
     list.appendChild(item);
   }
   if (!body.normalities.length) list.innerHTML = "<li class='none'>none: every defect counts as anomalous</li>";
+  showAllowed(list);
+}
+
+async function refreshChanges() {
+  if (!allowed("change") && !allowed("approve")) return;
+  const body = await api(`/v1/lines/${line()}/changes`);
+  const list = $("changes");
+  list.innerHTML = "";
+  for (const change of body.changes) {
+    const item = document.createElement("li");
+    item.dataset.id = change.id;
+    const title = document.createElement("strong");
+    title.textContent = `#${change.id} ${change.summary}`;
+    const meta = document.createElement("div");
+    meta.className = "meta";
+    meta.textContent = `proposed by ${change.proposed_by}${change.why ? ` (${change.why})` : ""} · expires ${change.expires_at}`;
+    item.append(title);
+    for (const [label, decision] of [["Approve", "approve"], ["Reject", "reject"]]) {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.textContent = label;
+      button.className = decision;
+      button.dataset.scope = "approve";
+      button.addEventListener("click", () => decide(change.id, decision));
+      item.append(button);
+    }
+    item.append(meta);
+    list.appendChild(item);
+  }
+  if (!body.changes.length) list.innerHTML = "<li class='none'>no change waits for approval</li>";
+  showAllowed(list);
+}
+
+async function decide(id, decision) {
+  try {
+    const decided = await api(`/v1/lines/${line()}/changes/${id}/${decision}`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ why: $("decision-why").value }),
+    });
+    $("decision-why").value = "";
+    await refreshNormalities();
+    await refreshChanges();
+    status(`change #${id} ${decided.status} by ${decided.decided_by}`);
+    if (lastImage && decided.status === "approved") await inspect(lastImage);
+  } catch (error) {
+    status(error.message, true);
+  }
+}
+
+function proposed(body) {
+  // 202 from a line with approval required: the change waits for a second person.
+  return body.status === "pending" && body.proposed_by !== undefined;
 }
 
 async function addNormality(event) {
   event.preventDefault();
+  if (!allowed("change")) return previewNormality(); // Enter in the form, with a key that may only preview
   const body = {
     text: $("normality-text").value,
     strength: parseFloat($("normality-strength").value),
@@ -98,6 +171,11 @@ async function addNormality(event) {
     $("normality-text").value = "";
     $("normality-why").value = "";
     $("normality-until").value = "";
+    if (proposed(added)) {
+      await refreshChanges();
+      status(`proposed change #${added.id}: it applies when another person approves it`);
+      return;
+    }
     await refreshNormalities();
     status(`${added.state === "staged" ? "staged" : "added"} '${added.name}': ${added.phrases.join(", ")}`);
     if (lastImage) await inspect(lastImage);
@@ -108,11 +186,16 @@ async function addNormality(event) {
 
 async function activateNormality(name) {
   try {
-    await api(`/v1/lines/${line()}/normalities/${encodeURIComponent(name)}/activate`, {
+    const activated = await api(`/v1/lines/${line()}/normalities/${encodeURIComponent(name)}/activate`, {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ why: $("normality-why").value }),
     });
+    if (proposed(activated)) {
+      await refreshChanges();
+      status(`proposed change #${activated.id}: it applies when another person approves it`);
+      return;
+    }
     await refreshNormalities();
     status(`activated '${name}'`);
     if (lastImage) await inspect(lastImage);
@@ -183,7 +266,12 @@ async function previewNormality() {
 
 async function removeNormality(name) {
   try {
-    await api(`/v1/lines/${line()}/normalities/${encodeURIComponent(name)}`, { method: "DELETE" });
+    const removed = await api(`/v1/lines/${line()}/normalities/${encodeURIComponent(name)}`, { method: "DELETE" });
+    if (proposed(removed)) {
+      await refreshChanges();
+      status(`proposed change #${removed.id}: it applies when another person approves it`);
+      return;
+    }
     await refreshNormalities();
     status(`removed '${name}'`);
     if (lastImage) await inspect(lastImage);
@@ -236,7 +324,7 @@ function showVerdict(result) {
 }
 
 $("connect").addEventListener("click", connect);
-$("line").addEventListener("change", refreshNormalities);
+$("line").addEventListener("change", () => refreshNormalities().then(refreshChanges));
 $("add-form").addEventListener("submit", addNormality);
 $("preview-normality").addEventListener("click", previewNormality);
 $("normality-strength").addEventListener("input", (e) => ($("strength-value").textContent = e.target.value));

@@ -1,0 +1,131 @@
+"""Two-person approval in the registry: a change applies only when someone else approves it in time."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from normadd.registry import approvals
+from normadd.registry.approvals import ChangeNotFoundError, ChangeNotPendingError, SelfApprovalError
+from normadd.registry.store import LineRecord, NormalityRecord, Registry
+
+
+class FakeClock:
+    """A clock the test moves by hand (no sleeping)."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def registry(tmp_path: Path, clock: FakeClock) -> Registry:
+    store = Registry(tmp_path / "r.db", clock=clock)
+    settings = {"approval": "required", "approval_expires_hours": 8}
+    store.create_line(LineRecord("line-1", "bottle", backbone="tiny-random", settings=settings), "admin")
+    return store
+
+
+def _propose_scratch(registry: Registry, who: str = "alice") -> approvals.PendingChange:
+    record = NormalityRecord("scratch", "scratch", 0.5, ["scratched bottle"], b"\x01\x02\x03\x04", "tiny|x")
+    payload = approvals.normality_payload(record)
+    return approvals.propose(registry, "line-1", "normality.add", payload, "add 'scratch'", who, "customer accepts")
+
+
+def test_a_proposed_change_waits_and_applies_when_another_person_approves(registry: Registry) -> None:
+    change = _propose_scratch(registry)
+    assert approvals.approval_required(registry, "line-1")
+    assert registry.normalities("line-1") == []
+    assert [c.id for c in approvals.changes(registry, "line-1")] == [change.id]
+    with pytest.raises(SelfApprovalError, match="cannot approve"):
+        approvals.approve(registry, change.id, "alice")
+    assert registry.normalities("line-1") == []
+    decided = approvals.approve(registry, change.id, "bob", "checked the phrases")
+    assert (decided.status, decided.decided_by) == ("approved", "bob")
+    [active] = registry.normalities("line-1")
+    assert (active.name, active.added_by, active.embedding) == ("scratch", "alice", b"\x01\x02\x03\x04")
+    rows = [(e.action, e.who) for e in reversed(registry.audit("line-1"))]
+    assert rows == [
+        ("line.create", "admin"),
+        ("change.propose", "alice"),
+        ("change.refused", "alice"),
+        ("normality.add", "alice"),
+        ("change.approve", "bob"),
+    ]
+    assert registry.audit("line-1", action="change.approve")[0].details["proposed_by"] == "alice"
+    with pytest.raises(ChangeNotPendingError, match="already approved by bob"):
+        approvals.approve(registry, change.id, "carol")
+    assert registry.verify_audit_chain().ok
+
+
+def test_a_rejected_change_never_applies_and_keeps_its_reason(registry: Registry) -> None:
+    change = _propose_scratch(registry)
+    with pytest.raises(ValueError, match="needs a reason"):
+        approvals.reject(registry, change.id, "bob", " ")
+    rejected = approvals.reject(registry, change.id, "bob", "scratches on the neck are not acceptable")
+    assert rejected.status == "rejected" and rejected.decision_why.startswith("scratches")
+    with pytest.raises(ChangeNotPendingError):
+        approvals.approve(registry, change.id, "bob")
+    assert registry.normalities("line-1") == []
+    entry = registry.audit("line-1", action="change.reject")[0]
+    assert (entry.who, entry.details["proposed_by"]) == ("bob", "alice")
+
+
+def test_a_change_expires_after_the_lines_time_and_never_applies(registry: Registry, clock: FakeClock) -> None:
+    change = _propose_scratch(registry)
+    clock.now += timedelta(hours=7, minutes=59)
+    assert [c.id for c in approvals.changes(registry, "line-1")] == [change.id]
+    clock.now += timedelta(minutes=1)
+    with pytest.raises(ChangeNotPendingError, match="already expired"):
+        approvals.approve(registry, change.id, "bob")
+    assert registry.normalities("line-1") == []
+    assert approvals.changes(registry, "line-1") == []
+    assert [c.status for c in approvals.changes(registry, "line-1", status=None)] == ["expired"]
+    assert registry.audit("line-1", action="change.expire")[0].details["change_id"] == change.id
+
+
+def test_removal_goes_through_approval_too_and_unknown_ids_are_named(registry: Registry) -> None:
+    _propose_scratch(registry)
+    approvals.approve(registry, 1, "bob")
+    refused = r"no normality named 'dent' on line 'line-1' \(active: scratch; staged: none\)"
+    with pytest.raises(Exception, match=refused):
+        approvals.propose(registry, "line-1", "normality.remove", {"name": "dent"}, "remove dent", "bob")
+    change = approvals.propose(registry, "line-1", "normality.remove", {"name": "scratch"}, "remove", "bob", "no")
+    assert [n.name for n in registry.normalities("line-1")] == ["scratch"]
+    approvals.approve(registry, change.id, "alice")
+    assert registry.normalities("line-1") == []
+    with pytest.raises(ChangeNotFoundError, match="no change 99"):
+        approvals.approve(registry, 99, "alice")
+    with pytest.raises(ChangeNotFoundError, match="not on line 'line-2'"):
+        approvals.reject(registry, change.id, "alice", "x", line="line-2")
+
+
+def test_a_payload_altered_in_the_database_cannot_be_approved(registry: Registry) -> None:
+    change = _propose_scratch(registry)
+    with sqlite3.connect(registry.path) as db:
+        db.execute("UPDATE pending_changes SET payload = replace(payload, '0.5', '1.0') WHERE id = ?", (change.id,))
+    with pytest.raises(Exception, match="altered after it was proposed"):
+        approvals.approve(registry, change.id, "bob")
+    assert registry.normalities("line-1") == []
+
+
+
+def test_a_change_that_expires_between_the_sweep_and_the_decision_is_refused(
+    registry: Registry, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    change = _propose_scratch(registry)
+    monkeypatch.setattr(approvals, "expire_due", lambda registry: [])  # the sweep ran just before expiry
+    clock.now += timedelta(hours=8)
+    with pytest.raises(ChangeNotPendingError, match="already expired"):
+        approvals.approve(registry, change.id, "bob")
+    assert registry.normalities("line-1") == []
