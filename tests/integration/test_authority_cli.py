@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from normadd.cli import app
+from normadd.registry.store import NormalityRecord, Registry
 from normadd.serve.authority import parse_scopes, secret_matches
 
 runner = CliRunner()
@@ -123,3 +124,33 @@ def test_turning_approval_off_needs_approval_itself(tmp_path: Path) -> None:
     ]
     code, out = _run("line", "approval", "line-2", "sometimes", "--db", path)
     assert code == 2 and "use required or none" in out
+
+
+def test_thresholds_and_activation_are_proposed_on_an_approval_line(db: str) -> None:
+    code, out = _run("line", "set-threshold", "line-1", "0.25", "--db", db, "--who", "alice", "--why", "by hand")
+    assert code == 0 and "proposed change 1 (set threshold 0.25)" in out, out
+    code, out = _run("line", "show", "line-1", "--db", db)
+    assert "verdicts undecided" in out
+    code, out = _run("line", "clear-threshold", "line-1", "--db", db, "--who", "alice")
+    assert code == 2 and "nothing to clear" in out, out
+    assert _run("change", "approve", "1", "--db", db, "--who", "bob")[0] == 0
+    code, out = _run("line", "show", "line-1", "--db", db)
+    assert "0.25 (NG when a score is above it)" in out and "by alice" in out, out
+    code, out = _run("line", "clear-threshold", "line-1", "--db", db, "--who", "alice")
+    assert code == 0 and "proposed change 2 (clear threshold (now 0.25))" in out, out
+    assert _run("change", "approve", "2", "--db", db, "--who", "bob")[0] == 0
+    assert "verdicts undecided" in _run("line", "show", "line-1", "--db", db)[1]
+
+    with Registry(db) as registry:  # a staged normality (staging itself is proposed like any add)
+        record = NormalityRecord("smudge", "smudge", 1.0, ["smudged label"], None, None, state="staged")
+        registry.add_normality("line-1", record, "alice")
+    code, out = _run("normality", "activate", "line-1", "smudge", "--db", db, "--who", "alice")
+    assert code == 0 and "proposed change 3 (activate normality 'smudge')" in out, out
+    with Registry(db) as registry:
+        assert registry.normalities("line-1") == []
+    code, out = _run("change", "approve", "3", "--db", db, "--who", "bob")
+    assert code == 0, out
+    with Registry(db) as registry:
+        assert [n.name for n in registry.normalities("line-1")] == ["smudge"]
+    code, out = _run("normality", "activate", "line-1", "smudge", "--db", db, "--who", "alice")
+    assert code == 2 and "is active, not staged" in out, out

@@ -230,3 +230,43 @@ def test_a_route_without_a_scope_decision_or_without_the_key_check_stops_the_app
     checked = FastAPI()
     checked.get("/v1/audit/verify")(lambda who=Depends(calling_key): {})  # noqa: B008
     _check_route_scopes(checked, calling_key)
+
+
+def test_thresholds_staging_and_activation_wait_for_approval_too(client: TestClient) -> None:
+    threshold = f"/v1/lines/{LINE}/threshold"
+    cleared = client.delete(threshold, headers=auth("alice"))
+    assert cleared.status_code == 409 and "nothing to clear" in cleared.json()["detail"]
+    proposed = client.put(threshold, headers=auth("alice"), json={"value": 0.5, "why": "set by hand"})
+    assert proposed.status_code == 202, proposed.text
+    assert proposed.json()["kind"] == "threshold.set" and proposed.json()["payload"]["value"] == 0.5
+    assert client.get(threshold, headers=auth("station-1")).json()["value"] is None
+    assert client.post(f"/v1/lines/{LINE}/changes/{proposed.json()['id']}/approve", headers=auth("bob")).is_success
+    stored = client.get(threshold, headers=auth("station-1")).json()
+    assert (stored["value"], stored["set_by"], stored["why"]) == (0.5, "alice", "set by hand")
+    clearing = client.delete(threshold, headers=auth("alice"), params={"why": "new detector"})
+    assert clearing.status_code == 202 and clearing.json()["kind"] == "threshold.clear"
+    rejected = client.post(
+        f"/v1/lines/{LINE}/changes/{clearing.json()['id']}/reject", headers=auth("bob"), json={"why": "not yet"}
+    )
+    assert rejected.json()["status"] == "rejected"
+    assert client.get(threshold, headers=auth("station-1")).json()["value"] == 0.5
+
+    until = (datetime.now(UTC) + timedelta(days=14)).isoformat(timespec="seconds")
+    body = {"text": "label smudge", "name": "smudge", "staged": True, "until": until, "max_area": 400}
+    staged = client.post(f"/v1/lines/{LINE}/normalities", headers=auth("alice"), json=body)
+    assert staged.status_code == 202, staged.text
+    assert (staged.json()["payload"]["state"], staged.json()["payload"]["limits"]) == ("staged", {"max_area": 400})
+    assert client.post(f"/v1/lines/{LINE}/changes/{staged.json()['id']}/approve", headers=auth("bob")).is_success
+    listed = client.get(f"/v1/lines/{LINE}/normalities", headers=auth("station-1")).json()["normalities"]
+    assert [(n["name"], n["state"]) for n in listed] == [("smudge", "staged")]
+    assert _inspect(client) == []  # staged: stored, not applied
+    activate = f"/v1/lines/{LINE}/normalities/smudge/activate"
+    activating = client.post(activate, headers=auth("alice"), json={"why": "supplier fix late"})
+    assert activating.status_code == 202 and activating.json()["kind"] == "normality.activate"
+    assert _inspect(client) == []  # scored without the pending activation
+    assert client.post(f"/v1/lines/{LINE}/changes/{activating.json()['id']}/approve", headers=auth("bob")).is_success
+    assert _inspect(client) == [{"name": "smudge", "strength": 1.0}]
+    entries = client.get(f"/v1/lines/{LINE}/audit", headers=auth("bob"), params={"limit": 4}).json()["entries"]
+    actions = [(e["action"], e["who"]) for e in entries if e["action"] != "inspect"]
+    assert actions[:2] == [("change.approve", "bob"), ("normality.activate", "alice")]
+    assert client.get("/v1/audit/verify", headers=auth("only-audit")).json()["ok"]

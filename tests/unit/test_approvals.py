@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from normadd.decisions import DecisionError
 from normadd.registry import approvals
 from normadd.registry.approvals import ChangeNotFoundError, ChangeNotPendingError, SelfApprovalError
-from normadd.registry.store import LineRecord, NormalityRecord, Registry
+from normadd.registry.errors import RegistryError
+from normadd.registry.store import LineRecord, NormalityRecord, Registry, ThresholdRecord
 
 
 class FakeClock:
@@ -129,3 +131,63 @@ def test_a_change_that_expires_between_the_sweep_and_the_decision_is_refused(
     with pytest.raises(ChangeNotPendingError, match="already expired"):
         approvals.approve(registry, change.id, "bob")
     assert registry.normalities("line-1") == []
+
+
+def test_threshold_set_and_clear_wait_for_approval_and_keep_the_proposed_scale(registry: Registry) -> None:
+    record = ThresholdRecord(0.42, {"detector": "tiny"}, "false-reject", {"false_reject": 0.01})
+    change = approvals.propose(
+        registry, "line-1", "threshold.set", approvals.threshold_payload(record), "set 0.42", "alice", "calibrated"
+    )
+    assert registry.threshold("line-1") is None
+    with pytest.raises(RegistryError, match="no threshold: there is nothing to clear"):
+        approvals.propose(registry, "line-1", "threshold.clear", {}, "clear", "alice")
+    with pytest.raises(DecisionError):
+        approvals.propose(registry, "line-1", "threshold.set", {"value": -1.0}, "set -1", "alice")
+    approvals.approve(registry, change.id, "bob")
+    stored = registry.threshold("line-1")
+    assert stored is not None
+    assert (stored.value, stored.scale, stored.method, stored.set_by, stored.why) == (
+        0.42,
+        {"detector": "tiny"},
+        "false-reject",
+        "alice",
+        "calibrated",
+    )
+    cleared = approvals.propose(registry, "line-1", "threshold.clear", {}, "clear", "alice", "new detector")
+    assert registry.threshold("line-1") is not None
+    approvals.reject(registry, cleared.id, "bob", "keep it")
+    assert registry.threshold("line-1") is not None
+    cleared = approvals.propose(registry, "line-1", "threshold.clear", {}, "clear", "alice", "new detector")
+    approvals.approve(registry, cleared.id, "bob")
+    assert registry.threshold("line-1") is None
+    actions = [(e.action, e.who) for e in registry.audit("line-1", limit=3)]
+    assert actions == [("change.approve", "bob"), ("threshold.clear", "alice"), ("change.propose", "alice")]
+    assert registry.verify_audit_chain().ok
+
+
+def test_staging_and_activating_both_wait_for_approval(registry: Registry, clock: FakeClock) -> None:
+    until = (clock.now + timedelta(days=14)).isoformat()
+    record = NormalityRecord(
+        "scratch", "scratch", 0.5, ["scratched bottle"], b"\x01\x02\x03\x04", "tiny|x", state="staged", until=until
+    )
+    record.limits = {"max_area": 400.0}
+    staged = approvals.propose(
+        registry, "line-1", "normality.add", approvals.normality_payload(record), "stage", "alice"
+    )
+    assert registry.normalities("line-1", ("active", "staged")) == []
+    with pytest.raises(Exception, match="no normality named 'scratch'"):
+        approvals.propose(registry, "line-1", "normality.activate", {"name": "scratch"}, "activate", "alice")
+    approvals.approve(registry, staged.id, "bob")
+    [stored] = registry.normalities("line-1", ("staged",))
+    assert (stored.until, stored.limits) == (until, {"max_area": 400.0})
+    assert registry.normalities("line-1") == []  # staged: does not apply
+    with pytest.raises(Exception, match="already staged"):
+        approvals.propose(registry, "line-1", "normality.add", approvals.normality_payload(record), "again", "alice")
+    activate = approvals.propose(registry, "line-1", "normality.activate", {"name": "scratch"}, "activate", "alice")
+    assert registry.normalities("line-1") == []
+    approvals.approve(registry, activate.id, "bob")
+    assert [n.name for n in registry.normalities("line-1")] == ["scratch"]
+    with pytest.raises(Exception, match="is active, not staged"):
+        approvals.propose(registry, "line-1", "normality.activate", {"name": "scratch"}, "activate", "alice")
+    actions = [(e.action, e.who) for e in registry.audit("line-1", limit=3)]
+    assert actions == [("change.approve", "bob"), ("normality.activate", "alice"), ("change.propose", "alice")]
