@@ -1,6 +1,8 @@
 """The FastAPI app: inspections, normalities and the audit log of product lines, plus the web page.
 
-``create_app(settings)`` builds it; every ``/v1`` route needs an ``X-API-Key`` header. Each
+``create_app(settings)`` builds it; every ``/v1`` route needs an ``X-API-Key`` header. ``/docs``
+(Swagger UI) loads its scripts from the service itself, so it works with no internet, and
+``/metrics`` answers in the Prometheus text format (:mod:`normadd.serve.metrics`). Each
 line's model is loaded once (the configured line at start-up, others on first use) and its
 inspections go through one :class:`MicroBatcher`. Bad input is answered with a JSON error
 (``{"error": code, "detail": message}``) and a 4xx code, and leaves the registry unchanged.
@@ -24,9 +26,10 @@ from typing import Annotated, Any
 import torch
 from fastapi import Depends, FastAPI, File, Query, Request, Security, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from torch import Tensor
@@ -45,6 +48,7 @@ from normadd.registry.store import InspectionRecord, NormalityRecord, Registry
 from normadd.runtime import resolve_runtime
 from normadd.serve import schemas
 from normadd.serve.batching import MicroBatcher
+from normadd.serve.metrics import RequestMetrics, ServiceMetrics
 from normadd.serve.settings import ServiceConfig
 from normadd.visualize import heat_overlay
 
@@ -141,6 +145,7 @@ class Service:
         self.runtime = resolve_runtime(settings.device)
         self.registry = Registry(settings.database)
         self.lines: dict[str, ServedLine] = {}
+        self.metrics = ServiceMetrics()
         self._loading = asyncio.Lock()
         self._keys = [(name, secret.encode()) for name, secret in settings.api_keys.items()]
 
@@ -202,6 +207,7 @@ class Service:
             functools.partial(model.explain, registry=self.registry),
             self.settings.batch_max_images,
             self.settings.batch_wait_ms,
+            on_pass=functools.partial(self.metrics.record_pass, model.line.name),
         )
         self.lines[model.line.name] = ServedLine(model, batcher)
         return self.lines[model.line.name]
@@ -259,7 +265,10 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
         yield
         await service.close()
 
-    app = FastAPI(
+    # Swagger UI from the package's own files (fastapi-offline), not a CDN: /docs works on an
+    # air-gapped plant network. ReDoc is left out: its script fetches a logo from the internet.
+    app = FastAPIOffline(
+        redoc_url=None,
         title="normadd",
         summary="Add a normality to a deployed visual anomaly detector by text; audited per product line.",
         version="0.1.0",
@@ -268,6 +277,7 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
     app.state.service = service
     app.add_middleware(BodyLimit, max_upload_bytes=settings.max_upload_bytes)
     _add_error_handlers(app)
+    app.add_middleware(RequestMetrics, metrics=service.metrics, routes=app.router.routes)  # outermost: counts 413s
     api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="One of the service's API keys.")
 
     def caller(secret: Annotated[str | None, Security(api_key_header)]) -> str:
@@ -292,6 +302,16 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
             forward_passes=sum(s.passes for s in stats),
             images_inspected=sum(s.images for s in stats),
         )
+
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={200: {"content": {service.metrics.content_type: {"schema": {"type": "string"}}}}},
+        tags=["service"],
+    )
+    async def metrics() -> Response:
+        """Prometheus metrics: requests, latency, forward passes, batch sizes, verdicts; needs no key."""
+        return Response(service.metrics.exposition(), media_type=service.metrics.content_type)
 
     @app.get("/v1/lines", response_model=list[schemas.LineOut], responses=ERRORS, tags=["lines"])
     async def list_lines(who: Caller) -> list[schemas.LineOut]:
