@@ -374,3 +374,31 @@ def test_a_refused_upload_is_counted_under_its_route(client: TestClient) -> None
     after = _scrape(client)
     route = "/v1/lines/{line}/inspect"
     assert _delta(before, after, "normadd_http_requests_total", method="POST", route=route, status="413") == 1
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"text": "dent", "strength": "0.5"},
+        {"text": "dent", "strength": True},
+        {"text": "dent", "strenght": 0.5},  # a misspelt key is refused, not ignored
+    ],
+)
+def test_a_normality_body_is_read_strictly(client: TestClient, body: dict[str, Any]) -> None:
+    stored = _stored(client)
+    _error(client.post(f"/v1/lines/{LINE}/normalities", headers=AUTH, json=body), 422, "invalid_request")
+    assert _stored(client) == stored
+
+
+def test_every_v1_error_is_documented_as_the_error_body_it_is(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            if path.startswith("/v1/"):
+                for status in ("400", "401", "404", "413", "422"):
+                    schema = operation["responses"][status]["content"]["application/json"]["schema"]
+                    assert schema == {"$ref": "#/components/schemas/ErrorOut"}, (method, path, status)
+    body = client.post(
+        f"/v1/lines/{LINE}/normalities", headers={**AUTH, "Content-Type": "application/json"}, content=b"\xff{"
+    )
+    _error(body, 400, "malformed_body")

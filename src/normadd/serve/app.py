@@ -56,7 +56,10 @@ logger = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 MAP_SIZE = 256
 MAX_NAME_CHARS = 200  # of an upload's file name, as kept in the audit log
-ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": schemas.ErrorOut} for code in (401, 404, 409, 413)}
+# Every /v1 error is an ErrorOut, 422 included (FastAPI would document its own validation body).
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": schemas.ErrorOut} for code in (400, 401, 404, 409, 413, 422)
+}
 STATUS_OF: list[tuple[type[Exception], int, str]] = [
     (LineNotFoundError, 404, "unknown_line"),
     (NormalityNotFoundError, 404, "unknown_normality"),
@@ -327,13 +330,13 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
     @app.post(
         "/v1/lines/{line}/inspect",
         response_model=schemas.InspectionOut,
-        responses={**ERRORS, 422: {"model": schemas.ErrorOut}},
+        responses=ERRORS,
         tags=["inspection"],
     )
     async def inspect(
         line: str,
         who: Caller,
-        images: Annotated[list[UploadFile], File(description="One or more image files (PNG, JPEG, …).")],
+        images: Annotated[list[UploadFile], File(min_length=1, description="One or more image files (PNG, JPEG, …).")],
         maps: Annotated[bool, Query(description="Also return before/suppression/after overlays as PNG.")] = False,
     ) -> schemas.InspectionOut:
         """Scores before and after the line's active normalities; each image is logged in the audit."""
@@ -405,7 +408,7 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
         "/v1/lines/{line}/normalities",
         status_code=201,
         response_model=schemas.NormalityOut,
-        responses={**ERRORS, 422: {"model": schemas.ErrorOut}},
+        responses=ERRORS,
         tags=["normalities"],
     )
     async def add_normality(line: str, body: schemas.NormalityIn, who: Caller) -> schemas.NormalityOut:
@@ -472,9 +475,8 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
 def _add_error_handlers(app: FastAPI) -> None:
     async def api_error(request: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, HTTPException)
-        code = getattr(error, "error", None) or {404: "not_found", 405: "method_not_allowed"}.get(
-            error.status_code, "http_error"
-        )
+        words = {400: "malformed_body", 404: "not_found", 405: "method_not_allowed"}
+        code = getattr(error, "error", None) or words.get(error.status_code, "http_error")
         return JSONResponse({"error": code, "detail": str(error.detail)}, status_code=error.status_code)
 
     async def validation_error(request: Request, error: Exception) -> JSONResponse:

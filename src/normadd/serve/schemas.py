@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class ErrorOut(BaseModel):
@@ -15,7 +15,13 @@ class ErrorOut(BaseModel):
 
 
 class NormalityIn(BaseModel):
-    """A defect type to make normal."""
+    """A defect type to make normal.
+
+    Strict: a JSON string or boolean is not taken for the strength (pydantic's lax mode would
+    read ``"0.5"`` and ``true`` as numbers), and unknown keys are refused rather than ignored.
+    """
+
+    model_config = ConfigDict(strict=True, extra="forbid")
 
     text: str = Field(description="Defect text, e.g. 'scratch'.", examples=["scratch"])
     strength: float = Field(1.0, ge=0.0, le=1.0, description="Suppression strength s in [0, 1].")
