@@ -1,9 +1,9 @@
 """The REST API fuzzed from its own OpenAPI schema (schemathesis, in-process, no socket).
 
 Every operation gets a bounded number of generated requests, schema-valid and schema-invalid
-ones (a missing or wrong key among them), with a valid key otherwise and, for most, the served line
-in the path (else nearly every request would stop at 404). Each answer must be no 5xx, a status the schema documents, and a body that
-conforms to it; schema-invalid input must be refused.
+ones (a missing or wrong key among them), with a valid key otherwise and, for most, the served
+line in the path (else nearly every request would stop at 404). Each answer must be no 5xx, a
+status the schema documents, and a body that conforms to it; schema-invalid input must be refused.
 
 Positive data may also be refused with 413 or 422: an image's bytes, a text's meaning and the
 upload limits are checked beyond what a JSON schema can say, and those answers are documented.
