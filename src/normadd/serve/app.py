@@ -57,9 +57,7 @@ STATIC = Path(__file__).parent / "static"
 MAP_SIZE = 256
 MAX_NAME_CHARS = 200  # of an upload's file name, as kept in the audit log
 # Every /v1 error is an ErrorOut, 422 included (FastAPI would document its own validation body).
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": schemas.ErrorOut} for code in (400, 401, 404, 409, 413, 422)
-}
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": schemas.ErrorOut} for code in (400, 401, 404, 409, 413, 422)}
 STATUS_OF: list[tuple[type[Exception], int, str]] = [
     (LineNotFoundError, 404, "unknown_line"),
     (NormalityNotFoundError, 404, "unknown_normality"),
