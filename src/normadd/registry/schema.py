@@ -53,6 +53,12 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: rows cannot be deleted'); END;
     """,
+    # 2: visual normalities (issue 16): their example memory and the hashes of the images it came from.
+    """
+    ALTER TABLE normalities ADD COLUMN kind TEXT NOT NULL DEFAULT 'text';
+    ALTER TABLE normalities ADD COLUMN memory BLOB;
+    ALTER TABLE normalities ADD COLUMN sources TEXT;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

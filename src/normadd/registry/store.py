@@ -77,6 +77,9 @@ class NormalityRecord:
             backbone or weights changed recomputes it.
         added_at: ISO time (UTC); set by the registry.
         added_by: Who added it; set by the registry.
+        kind: ``text`` (named by text) or ``visual`` (shown by example images).
+        memory: A visual normality's example memory, serialised (``embedding_backbone`` names its encoder).
+        sources: A visual normality's example images: name and SHA-256 of each image and of its mask.
     """
 
     name: str
@@ -87,6 +90,9 @@ class NormalityRecord:
     embedding_backbone: str | None = None
     added_at: str = ""
     added_by: str = ""
+    kind: str = "text"
+    memory: bytes | None = None
+    sources: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -253,7 +259,7 @@ class Registry:
                 )
             db.execute(
                 "INSERT INTO normalities (line, name, text, strength, phrases, embedding, embedding_backbone, "
-                "added_at, added_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "added_at, added_by, kind, memory, sources) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     line,
                     normality.name,
@@ -264,14 +270,19 @@ class Registry:
                     normality.embedding_backbone,
                     normality.added_at,
                     normality.added_by,
+                    normality.kind,
+                    normality.memory,
+                    json.dumps(normality.sources) if normality.sources else None,
                 ),
             )
-            details = {
+            details: dict[str, Any] = {
                 "name": normality.name,
                 "text": normality.text,
                 "strength": normality.strength,
                 "phrases": normality.phrases,
             }
+            if normality.kind != "text":  # the examples are audited by their hashes: what was shown is traceable
+                details.update(kind=normality.kind, sources=normality.sources)
             db.execute("UPDATE lines SET revision = revision + 1 WHERE name = ?", (line,))
             self._audit(db, line, "normality.add", who, why, details)
         return normality
@@ -294,6 +305,8 @@ class Registry:
             db.execute("DELETE FROM normalities WHERE line = ? AND name = ?", (line, name))
             removed = _normality(row)
             details = {"name": removed.name, "text": removed.text, "strength": removed.strength}
+            if removed.kind != "text":
+                details.update(kind=removed.kind, sources=removed.sources)
             db.execute("UPDATE lines SET revision = revision + 1 WHERE name = ?", (line,))
             self._audit(db, line, "normality.remove", who, why, details)
         return removed
@@ -374,4 +387,7 @@ def _normality(row: sqlite3.Row) -> NormalityRecord:
         embedding_backbone=row["embedding_backbone"],
         added_at=row["added_at"],
         added_by=row["added_by"],
+        kind=row["kind"],
+        memory=row["memory"],
+        sources=json.loads(row["sources"]) if row["sources"] else [],
     )

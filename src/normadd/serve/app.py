@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import io
 import logging
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import torch
-from fastapi import Depends, FastAPI, File, Query, Request, Security, UploadFile
+from fastapi import Depends, FastAPI, File, Form, Query, Request, Security, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import APIKeyHeader
@@ -56,6 +57,7 @@ logger = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 MAP_SIZE = 256
 MAX_NAME_CHARS = 200  # of an upload's file name, as kept in the audit log
+UPLOAD_ROUTES = ("/inspect", "/examples")  # take files: the upload limit, not the JSON one
 # Every /v1 error is an ErrorOut, 422 included (FastAPI would document its own validation body).
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": schemas.ErrorOut} for code in (400, 401, 404, 409, 413, 422)}
 STATUS_OF: list[tuple[type[Exception], int, str]] = [
@@ -96,7 +98,7 @@ class BodyLimit:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
-        if scope["path"].endswith("/inspect"):
+        if scope["path"].endswith(UPLOAD_ROUTES):
             limit = self.max_upload_bytes
             message = f"the upload is over {limit:,} bytes: send fewer or smaller images"
         else:
@@ -244,7 +246,14 @@ def _normality_out(record: NormalityRecord) -> schemas.NormalityOut:
         phrases=record.phrases,
         added_at=record.added_at,
         added_by=record.added_by,
+        kind=record.kind,
+        sources=[schemas.ExampleSourceOut(**source) for source in record.sources],
     )
+
+
+def _upload_names(uploads: list[UploadFile], prefix: str) -> list[str]:
+    """The names uploads are shown and audited by (their file names, shortened; never used as paths)."""
+    return [(upload.filename or f"{prefix}{i + 1}")[:MAX_NAME_CHARS] for i, upload in enumerate(uploads)]
 
 
 def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
@@ -346,7 +355,7 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
                 f"{len(images)} images in one request: send at most {settings.max_images_per_request}",
             )
         contents = [await upload.read() for upload in images]
-        names = [(upload.filename or f"image{i + 1}")[:MAX_NAME_CHARS] for i, upload in enumerate(images)]
+        names = _upload_names(images, "image")
         size = served.model.input_size
 
         def decode() -> Tensor:
@@ -414,6 +423,64 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
         served = await service.line(line)
         record = await run(served.model.add, service.registry, body.text, body.strength, who, body.why, body.name)
         return _normality_out(record)
+
+    @app.post(
+        "/v1/lines/{line}/examples",
+        status_code=201,
+        response_model=schemas.NormalityOut,
+        responses=ERRORS,
+        tags=["normalities"],
+    )
+    async def add_example(
+        line: str,
+        who: Caller,
+        images: Annotated[list[UploadFile], File(min_length=1, description="Example images of the defect.")],
+        masks: Annotated[
+            list[UploadFile] | None,
+            File(description="One mask per image, in order (non-zero = defect); none: the whole images."),
+        ] = None,
+        strength: Annotated[float, Form(ge=0.0, le=1.0, description="Suppression strength s in [0, 1].")] = 1.0,
+        name: Annotated[
+            str | None, Form(min_length=1, max_length=MAX_NAME_CHARS, description="Key (default: example:<image>).")
+        ] = None,
+        why: Annotated[str, Form(max_length=500, description="Reason, kept in the audit log.")] = "",
+    ) -> schemas.NormalityOut:
+        """Make a defect type normal on the line by showing example images (stored, audited with their hashes)."""
+        served = await service.line(line)
+        if len(images) > settings.max_images_per_request:
+            raise ApiError(
+                413,
+                "too_many_images",
+                f"{len(images)} example images in one request: send at most {settings.max_images_per_request}",
+            )
+        masks = masks or []
+        if masks and len(masks) != len(images):
+            raise NormaddError(
+                f"{len(masks)} masks for {len(images)} images: send one mask per image, in order, or none"
+            )
+        image_names, mask_names = _upload_names(images, "image"), _upload_names(masks, "mask")
+        image_data = [await upload.read() for upload in images]
+        mask_data = [await upload.read() for upload in masks]
+
+        def build() -> NormalityRecord:
+            for data, shown in zip(image_data + mask_data, image_names + mask_names, strict=True):
+                load_image_bytes(data, 8, shown, settings.max_image_pixels)  # every file decodes, named as sent
+            with tempfile.TemporaryDirectory(prefix="normadd-examples-") as folder:
+                image_paths = [Path(folder) / f"image-{i}" for i in range(len(image_data))]
+                mask_paths = [Path(folder) / f"mask-{i}" for i in range(len(mask_data))]
+                for path, data in zip(image_paths + mask_paths, image_data + mask_data, strict=True):
+                    path.write_bytes(data)
+                try:
+                    return served.model.add_example(
+                        service.registry, image_paths, mask_paths, strength, who, why, name, image_names
+                    )
+                except NormaddError as error:  # name the files as the client sent them, not as stored here
+                    message = str(error)
+                    for path, shown in zip(image_paths + mask_paths, image_names + mask_names, strict=True):
+                        message = message.replace(str(path), shown)
+                    raise type(error)(message) from None
+
+        return _normality_out(await run(build))
 
     @app.delete(
         "/v1/lines/{line}/normalities/{name}",

@@ -29,6 +29,14 @@ class NormalityIn(BaseModel):
     why: str = Field("", max_length=500, description="Reason, kept in the audit log.")
 
 
+class ExampleSourceOut(BaseModel):
+    """One example image of a visual normality, as the registry keeps it."""
+
+    image: str = Field(description="The image's name as it was sent.")
+    sha256: str = Field(description="SHA-256 of the image file.")
+    mask_sha256: str | None = Field(None, description="SHA-256 of its mask file (None: the whole image).")
+
+
 class NormalityOut(BaseModel):
     """An active normality."""
 
@@ -38,6 +46,8 @@ class NormalityOut(BaseModel):
     phrases: list[str]
     added_at: str
     added_by: str
+    kind: str = Field("text", description="'text' (named by text) or 'visual' (shown by example images).")
+    sources: list[ExampleSourceOut] = Field(default_factory=list, description="The examples of a visual normality.")
 
 
 class NormalitiesOut(BaseModel):
