@@ -159,3 +159,28 @@ def test_a_memory_from_another_encoder_is_refused_in_one_line(bottle_dir: Path, 
             LineModel.load(registry, LINE)
     message = str(error.value)
     assert "\n" not in message and "scuff" in message and "normadd normality remove" in message
+
+
+def test_the_cli_adds_an_example_normality_to_the_registry(bottle_dir: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from normadd.cli import app
+
+    runner = CliRunner()
+    image, mask = _paths(bottle_dir)
+    db = str(tmp_path / "normadd.db")
+    created = runner.invoke(app, ["line", "create", LINE, "-c", "bottle", "--backbone", "tiny-random", "--db", db])
+    assert created.exit_code == 0, created.output
+    refused = runner.invoke(app, ["normality", "add-example", LINE, str(image), str(image), "--mask", str(mask)])
+    assert refused.exit_code == 2 and "1 --mask for 2 images" in refused.output
+    options = ["--mask", str(mask), "--strength", "0.6", "--db", db, "--who", "alice", "--why", "scuffs are fine"]
+    added = runner.invoke(app, ["normality", "add-example", LINE, str(image), *options])
+    assert added.exit_code == 0, added.output
+    assert "added visual normality 'example:000' (strength 0.6, 1 example)" in added.output
+    with Registry(db) as registry:
+        (stored,) = registry.normalities(LINE)
+        (entry,) = registry.audit(LINE, action="normality.add")
+    assert stored.sources == [{"image": "000.png", "sha256": _sha(image), "mask_sha256": _sha(mask)}]
+    assert (entry.who, entry.why, entry.details["sources"]) == ("alice", "scuffs are fine", stored.sources)
+    listed = runner.invoke(app, ["normality", "list", LINE, "--db", db], env={"COLUMNS": "200"})
+    assert "example:000" in listed.output and _sha(image)[:12] in listed.output
