@@ -88,6 +88,12 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX retained_images_recent ON retained_images (line, seen);
     """,
+    # 4: visual normalities (issue 16): their example memory and the hashes of the images it came from.
+    """
+    ALTER TABLE normalities ADD COLUMN kind TEXT NOT NULL DEFAULT 'text';
+    ALTER TABLE normalities ADD COLUMN memory BLOB;
+    ALTER TABLE normalities ADD COLUMN sources TEXT;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
