@@ -367,6 +367,28 @@ def test_metrics_count_requests_by_route_and_status_passes_batch_sizes_and_verdi
     assert "no-such-line-3f9a" not in text and "nowhere-7c1e" not in text, "raw paths became label values"
 
 
+def test_inspections_count_the_verdicts_they_gave(client: TestClient) -> None:
+    def verdicts(*files: tuple[str, bytes]) -> list[str]:
+        response = _inspect(client, *files)
+        assert response.status_code == 200, response.text
+        return [item["verdict_after"] for item in response.json()["results"]]
+
+    threshold = f"/v1/lines/{LINE}/threshold"
+    before = _scrape(client)
+    try:
+        assert client.put(threshold, headers=AUTH, json={"value": 0.0, "why": "every part NG"}).status_code == 200
+        assert verdicts(("a.png", _png()), ("b.png", _png(seed=1))) == ["NG", "NG"]
+        assert client.put(threshold, headers=AUTH, json={"value": 1e9, "why": "every part OK"}).status_code == 200
+        assert verdicts(("c.png", _png(seed=2))) == ["OK"]
+    finally:
+        assert client.delete(threshold, headers=AUTH).status_code == 200
+    assert verdicts(("d.png", _png(seed=3))) == ["undecided"]
+    after = _scrape(client)
+    names = ("NG", "OK", "undecided")
+    counted = {v: _delta(before, after, "normadd_verdicts_total", line=LINE, verdict=v) for v in names}
+    assert counted == {"NG": 2, "OK": 1, "undecided": 1}
+
+
 def test_a_refused_upload_is_counted_under_its_route(client: TestClient) -> None:
     before = _scrape(client)
     too_big = b"\0" * 2_100_000

@@ -443,6 +443,8 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
             for i, sha in enumerate(hashes)
         ]
         ids = await run(service.registry.record_inspections, line, records, who)
+        # the verdict each part got (after the normalities): OK, NG or undecided (no usable threshold)
+        service.metrics.record_verdicts(line, [decision.verdict_after for decision in decided.decisions])
         await run(_retain, service.registry, served.model, line, contents, names, result)
         overlays = (
             await run(
@@ -547,7 +549,7 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
     @app.post(
         "/v1/lines/{line}/normalities/preview",
         response_model=schemas.PreviewOut,
-        responses={**ERRORS, 422: {"model": schemas.ErrorOut}},
+        responses=ERRORS,
         tags=["normalities"],
     )
     async def preview_normality(line: str, body: schemas.PreviewIn, who: Caller) -> schemas.PreviewOut:
