@@ -95,4 +95,12 @@ def test_every_generated_request_gets_a_documented_answer_and_never_a_5xx(api_sc
         except Exception as error:  # schemathesis's failure report: collected, then shown for every operation
             failures[operation.label] = str(error)
     assert "POST /v1/lines/{line}/inspect" in fuzzed and "GET /metrics" in fuzzed
+    decisions_and_staging = {  # issues 11 and 12's routes are fuzzed too
+        "GET /v1/lines/{line}/threshold",
+        "PUT /v1/lines/{line}/threshold",
+        "DELETE /v1/lines/{line}/threshold",
+        "POST /v1/lines/{line}/normalities/preview",
+        "POST /v1/lines/{line}/normalities/{name}/activate",
+    }
+    assert decisions_and_staging <= set(fuzzed), sorted(decisions_and_staging - set(fuzzed))
     assert not failures, "\n\n".join(f"{label}:\n{report}" for label, report in failures.items())
