@@ -288,17 +288,17 @@ def limited_suppression(
         raise ValueError(f"{len(limits)} limits for {suppression.shape[1]} normalities")
     if not any(item is not None and item.active for item in limits):
         return suppression
-    limited = suppression.clone()
+    # numpy throughout: small per-image steps, no torch dispatch or thread pool per map
     before_np = before.detach().float().cpu().numpy()
-    suppression_np = suppression.detach().float().cpu().numpy()
-    for b in range(suppression.shape[0]):
+    limited = suppression.detach().float().cpu().numpy().copy()
+    for b in range(limited.shape[0]):
         size = image_sizes[b] if image_sizes is not None else None
         for k, item in enumerate(limits):
             if item is None or not item.active:
                 continue
-            mask = acceptance_mask(before_np[b], suppression_np[b, k], threshold, item, size, pixel_size_mm, cover)
-            limited[b, k] = suppression[b, k] * torch.from_numpy(mask).to(suppression)
-    return limited
+            mask = acceptance_mask(before_np[b], limited[b, k], threshold, item, size, pixel_size_mm, cover)
+            limited[b, k] *= mask
+    return torch.from_numpy(limited).to(suppression)
 
 
 def load_region(path: str | Path) -> np.ndarray:
