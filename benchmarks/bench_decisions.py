@@ -13,6 +13,7 @@ normalities ("plain normality addition", the denominator). On its maps:
 
     python benchmarks/bench_decisions.py                         # tiny-random and ViT-L-14-336
     python benchmarks/bench_decisions.py --backbones tiny-random --repeats 5
+    python benchmarks/bench_decisions.py --threads 1      # per core, on a machine others load too
 """
 
 from __future__ import annotations
@@ -90,7 +91,10 @@ def main() -> None:
     parser.add_argument("--sizes", default="256,518")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     rows: list[dict[str, object]] = []
     for name in args.backbones.split(","):

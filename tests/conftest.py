@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -29,3 +30,21 @@ def bottle_dir() -> Path:
     if not BOTTLE.is_dir():
         pytest.fail(f"the real bottle data is missing at {BOTTLE}: clone the repo with ../shared beside it")
     return BOTTLE
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[str, Any]:
+    """pytest-playwright launches Debian's chromium (skips without it; fails in CI)."""
+    from helpers.browser import launch_args
+
+    return launch_args(browser_type_launch_args)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules with browser tests run last (each module's tests keep their order).
+
+    pytest-playwright's session-wide Playwright keeps an asyncio event loop running in the main
+    thread once started, and ``asyncio.run`` in any later test would then fail.
+    """
+    browser_modules = {item.path for item in items if "page" in getattr(item, "fixturenames", ())}
+    items.sort(key=lambda item: item.path in browser_modules)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from normadd.config import LineConfig
 from normadd.registry.store import NormalityRecord, Registry
@@ -314,3 +316,114 @@ def test_config_normalities_seed_a_new_line_and_the_registry_wins_after(tmp_path
     with TestClient(create_app(settings(["broken:0.5", "scratch"]))) as restarted:
         assert restarted.get("/v1/lines/seeded/normalities", headers=AUTH).json()["normalities"] == []
         assert _inspect_line(restarted, "seeded").json()["normalities"] == []
+
+
+def test_docs_page_loads_swagger_ui_from_the_service_itself(client: TestClient) -> None:
+    html = client.get("/docs").text
+    assert "http://" not in html and "https://" not in html, "the /docs page names an outside server"
+    scripts = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert any(s.endswith("swagger-ui-bundle.js") for s in scripts)
+    for asset in scripts:
+        assert client.get(asset).status_code == 200, asset
+
+
+def _scrape(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    response = client.get("/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def _delta(before: dict[Any, float], after: dict[Any, float], name: str, **labels: str) -> float:
+    key = (name, tuple(sorted(labels.items())))
+    return after.get(key, 0.0) - before.get(key, 0.0)
+
+
+def test_metrics_count_requests_by_route_and_status_passes_batch_sizes_and_verdicts(client: TestClient) -> None:
+    before = _scrape(client)
+    assert _inspect(client, ("a.png", _png()), ("b.png", _png(seed=1))).status_code == 200
+    assert client.get("/v1/lines").status_code == 401
+    assert client.get("/v1/lines/no-such-line-3f9a/audit", headers=AUTH).status_code == 404
+    assert client.get("/nowhere-7c1e").status_code == 404
+    client.app.state.service.metrics.record_verdicts(LINE, ["OK", "NG", "NG"])  # type: ignore[attr-defined]
+    after = _scrape(client)
+
+    inspect_route = "/v1/lines/{line}/inspect"
+    requests = "normadd_http_requests_total"
+    assert _delta(before, after, requests, method="POST", route=inspect_route, status="200") == 1
+    assert _delta(before, after, requests, method="GET", route="/v1/lines", status="401") == 1
+    assert _delta(before, after, requests, method="GET", route="/v1/lines/{line}/audit", status="404") == 1
+    assert _delta(before, after, requests, method="GET", route="unmatched", status="404") == 1
+    latency = "normadd_http_request_duration_seconds_count"
+    assert _delta(before, after, latency, method="POST", route=inspect_route) == 1
+    assert _delta(before, after, "normadd_images_inspected_total", line=LINE) == 2
+    assert _delta(before, after, "normadd_forward_passes_total", line=LINE) == 1
+    assert _delta(before, after, "normadd_batch_images_sum", line=LINE) == 2
+    assert _delta(before, after, "normadd_batch_images_bucket", line=LINE, le="1.0") == 0
+    assert _delta(before, after, "normadd_batch_images_bucket", line=LINE, le="2.0") == 1
+    assert _delta(before, after, "normadd_verdicts_total", line=LINE, verdict="NG") == 2
+    assert _delta(before, after, "normadd_verdicts_total", line=LINE, verdict="OK") == 1
+    text = client.get("/metrics").text
+    assert "no-such-line-3f9a" not in text and "nowhere-7c1e" not in text, "raw paths became label values"
+
+
+def test_inspections_count_the_verdicts_they_gave(client: TestClient) -> None:
+    def verdicts(*files: tuple[str, bytes]) -> list[str]:
+        response = _inspect(client, *files)
+        assert response.status_code == 200, response.text
+        return [item["verdict_after"] for item in response.json()["results"]]
+
+    threshold = f"/v1/lines/{LINE}/threshold"
+    before = _scrape(client)
+    try:
+        assert client.put(threshold, headers=AUTH, json={"value": 0.0, "why": "every part NG"}).status_code == 200
+        assert verdicts(("a.png", _png()), ("b.png", _png(seed=1))) == ["NG", "NG"]
+        assert client.put(threshold, headers=AUTH, json={"value": 1e9, "why": "every part OK"}).status_code == 200
+        assert verdicts(("c.png", _png(seed=2))) == ["OK"]
+    finally:
+        assert client.delete(threshold, headers=AUTH).status_code == 200
+    assert verdicts(("d.png", _png(seed=3))) == ["undecided"]
+    after = _scrape(client)
+    names = ("NG", "OK", "undecided")
+    counted = {v: _delta(before, after, "normadd_verdicts_total", line=LINE, verdict=v) for v in names}
+    assert counted == {"NG": 2, "OK": 1, "undecided": 1}
+
+
+def test_a_refused_upload_is_counted_under_its_route(client: TestClient) -> None:
+    before = _scrape(client)
+    too_big = b"\0" * 2_100_000
+    _error(_inspect(client, ("big.png", too_big)), 413, "upload_too_large")
+    after = _scrape(client)
+    route = "/v1/lines/{line}/inspect"
+    assert _delta(before, after, "normadd_http_requests_total", method="POST", route=route, status="413") == 1
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"text": "dent", "strength": "0.5"},
+        {"text": "dent", "strength": True},
+        {"text": "dent", "strenght": 0.5},  # a misspelt key is refused, not ignored
+    ],
+)
+def test_a_normality_body_is_read_strictly(client: TestClient, body: dict[str, Any]) -> None:
+    stored = _stored(client)
+    _error(client.post(f"/v1/lines/{LINE}/normalities", headers=AUTH, json=body), 422, "invalid_request")
+    assert _stored(client) == stored
+
+
+def test_every_v1_error_is_documented_as_the_error_body_it_is(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            if path.startswith("/v1/"):
+                for status in ("400", "401", "404", "413", "422"):
+                    schema = operation["responses"][status]["content"]["application/json"]["schema"]
+                    assert schema == {"$ref": "#/components/schemas/ErrorOut"}, (method, path, status)
+    body = client.post(
+        f"/v1/lines/{LINE}/normalities", headers={**AUTH, "Content-Type": "application/json"}, content=b"\xff{"
+    )
+    _error(body, 400, "malformed_body")

@@ -1,5 +1,6 @@
-"""The service as users run it: ``normadd serve`` under uvicorn on 127.0.0.1, and its web page
-in real headless Chromium (Debian's ``chromium``; skipped outside CI when it is missing).
+"""The service as users run it: ``normadd serve`` under uvicorn on 127.0.0.1, and its web page and
+``/docs`` in real headless Chromium driven by Playwright (Debian's ``chromium``; skipped outside CI
+when it is missing, see ``tests/helpers/browser.py``), with every request off 127.0.0.1 refused.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from playwright.sync_api import Page, expect
 
-from helpers.chromium_cdp import Chromium, find_chromium
+from helpers.browser import TIMEOUT_MS, keep_offline
 from normadd.config import LineConfig
 from normadd.registry.line_model import create_line
 from normadd.registry.store import Registry
@@ -86,6 +88,16 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
         process.wait()
 
 
+@pytest.fixture
+def service_page(live_server: LiveServer, page: Page) -> Iterator[Page]:
+    """A Chromium page on the running service's web page, cut off from every other server."""
+    outside = keep_offline(page, live_server.url)
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(f"{live_server.url}/")
+    yield page
+    assert outside == [], f"the page tried to reach other servers: {outside}"
+
+
 def test_real_uvicorn_serves_health_auth_and_inspections(live_server: LiveServer, bottle_dir: Path) -> None:
     image = (bottle_dir / "test" / "broken_large" / "000.png").read_bytes()
     with httpx.Client(base_url=live_server.url, timeout=30) as client:
@@ -100,57 +112,48 @@ def test_real_uvicorn_serves_health_auth_and_inspections(live_server: LiveServer
 
 
 def test_the_web_page_adds_a_normality_and_shows_before_suppression_after(
-    live_server: LiveServer, bottle_dir: Path, tmp_path: Path
+    live_server: LiveServer, service_page: Page, bottle_dir: Path
 ) -> None:
-    binary = find_chromium()
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is missing in CI: .ci/run installs Debian's chromium package")
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium); CI always runs this test")
+    page = service_page
     image = bottle_dir / "test" / "broken_large" / "000.png"
     with httpx.Client(base_url=live_server.url, headers={"X-API-Key": KEY}, timeout=30) as client:
         files = [("images", ("000.png", image.read_bytes(), "image/png"))]
         score = client.post("/v1/lines/bottle/inspect", files=files).json()["results"][0]["score_before"]
         threshold = client.put("/v1/lines/bottle/threshold", json={"value": score / 2, "why": "browser test"})
         assert threshold.status_code == 200, threshold.text
-    with Chromium(binary, tmp_path / "profile") as browser:
-        browser.navigate(f"{live_server.url}/")
-        browser.evaluate(
-            f"document.getElementById('api-key').value = {KEY!r}; document.getElementById('connect').click()"
-        )
-        browser.wait_for("document.querySelector('#line option')?.value === 'bottle'")
-        browser.set_files("#image-file", [image])
-        browser.wait_for("document.getElementById('scores').textContent.includes('000.png')")
-        # the OK/NG badge: the score is twice the threshold, so the part is NG
-        browser.wait_for("document.getElementById('verdict').dataset.verdict === 'NG'")
-        badge = browser.evaluate(
-            "[document.getElementById('verdict').textContent, document.getElementById('verdict').className,"
-            " !document.getElementById('verdict').hidden]"
-        )
-        assert badge == ["NG", "badge ng", True]
-        assert "threshold" in browser.evaluate("document.getElementById('verdict-detail').textContent")
+    page.fill("#api-key", KEY)
+    page.click("#connect")
+    page.wait_for_function("document.querySelector('#line option')?.value === 'bottle'")
+    page.set_input_files("#image-file", image)
+    expect(page.locator("#scores")).to_contain_text("000.png")
+    # the OK/NG badge: the score is twice the threshold, so the part is NG
+    page.wait_for_function("document.getElementById('verdict').dataset.verdict === 'NG'")
+    badge = page.evaluate(
+        "[document.getElementById('verdict').textContent, document.getElementById('verdict').className,"
+        " !document.getElementById('verdict').hidden]"
+    )
+    assert badge == ["NG", "badge ng", True]
+    expect(page.locator("#verdict-detail")).to_contain_text("threshold")
 
-        browser.evaluate(
-            "document.getElementById('normality-text').value = 'broken';"
-            "document.getElementById('normality-why').value = 'customer accepts broken bottles';"
-            "document.getElementById('add-normality').click()"
-        )
-        browser.wait_for("document.querySelector('#normalities li[data-name=\"broken\"]') !== null")
-        browser.wait_for("document.getElementById('scores').textContent.includes('normalities: broken')")
-        assert browser.evaluate("document.getElementById('verdict').dataset.verdict") in ("OK", "NG")
-        shown = browser.evaluate(
-            "['before', 'suppression', 'after'].map(k => document.getElementById('map-' + k))"
-            ".filter(img => img.complete && img.naturalWidth === 256).length"
-        )
-        assert shown == 3
-        listed = browser.evaluate("document.querySelector('#normalities li[data-name=\"broken\"]').textContent")
-        assert "broken (strength 1)" in listed and "broken bottle" in listed
-        screenshot = browser.screenshot(ARTIFACTS / "service_page.png")
-        print(f"screenshot: {screenshot}")
+    page.fill("#normality-text", "broken")
+    page.fill("#normality-why", "customer accepts broken bottles")
+    page.click("#add-normality")
+    listed = page.locator('#normalities li[data-name="broken"]')
+    expect(listed).to_contain_text("broken (strength 1)")
+    expect(listed).to_contain_text("broken bottle")
+    expect(page.locator("#scores")).to_contain_text("normalities: broken")
+    assert page.evaluate("document.getElementById('verdict').dataset.verdict") in ("OK", "NG")
+    page.wait_for_function(
+        "['before', 'suppression', 'after'].map(k => document.getElementById('map-' + k))"
+        ".every(img => img.complete && img.naturalWidth === 256)"
+    )
+    screenshot = ARTIFACTS / "service_page.png"
+    page.screenshot(path=screenshot, full_page=True)
+    print(f"screenshot: {screenshot}")
 
-        browser.evaluate("document.querySelector('#normalities li[data-name=\"broken\"] button').click()")
-        browser.wait_for("document.querySelector('#normalities li.none') !== null")
-        browser.wait_for("document.getElementById('scores').textContent.includes('normalities: none')")
+    listed.locator("button").click()
+    expect(page.locator("#normalities li.none")).to_be_visible()
+    expect(page.locator("#scores")).to_contain_text("normalities: none")
 
     with httpx.Client(base_url=live_server.url, headers={"X-API-Key": KEY}, timeout=30) as client:
         entries = client.get("/v1/lines/bottle/audit").json()["entries"]
@@ -162,77 +165,83 @@ def test_the_web_page_adds_a_normality_and_shows_before_suppression_after(
 
 
 VISIBLE = "(id => { const e = document.getElementById(id); return !!(e && e.getClientRects().length); })"
+PANELS = ("inspect-panel", "add-form", "approvals-panel")
 
 
-def _chromium() -> str:
-    binary = find_chromium()
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is missing in CI: .ci/run installs Debian's chromium package")
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium); CI always runs this test")
-    return binary
+def _connect(page: Page, key: str) -> None:
+    page.evaluate(f"document.getElementById('api-key').value = {key!r}; document.getElementById('connect').click()")
+    page.wait_for_function("document.getElementById('who').textContent.startsWith('signed in as')")
 
 
-def _connect(browser: Chromium, url: str, key: str) -> None:
-    browser.navigate(f"{url}/")
-    browser.evaluate(f"document.getElementById('api-key').value = {key!r}; document.getElementById('connect').click()")
-    browser.wait_for("document.getElementById('who').textContent.startsWith('signed in as')")
+def _shown(page: Page) -> dict[str, bool]:
+    return {panel: page.evaluate(f"{VISIBLE}('{panel}')") for panel in PANELS}
+
+
+def _choose_vials(page: Page) -> None:
+    page.evaluate(
+        "const select = document.getElementById('line'); select.value = 'vials';"
+        "select.dispatchEvent(new Event('change'))"
+    )
 
 
 def test_a_station_key_sees_inspection_but_no_change_or_approval_controls(
-    live_server: LiveServer, tmp_path: Path
+    live_server: LiveServer, service_page: Page
 ) -> None:
-    with Chromium(_chromium(), tmp_path / "profile") as browser:
-        _connect(browser, live_server.url, STATION_KEY)
-        assert browser.evaluate("document.getElementById('who').textContent") == "signed in as station-1 (inspect)"
-        shown = {p: browser.evaluate(f"{VISIBLE}('{p}')") for p in ("inspect-panel", "add-form", "approvals-panel")}
-        assert shown == {"inspect-panel": True, "add-form": False, "approvals-panel": False}
-        assert browser.evaluate("[...document.querySelectorAll('#normalities button')].every(b => b.hidden)")
+    page = service_page
+    _connect(page, STATION_KEY)
+    assert page.evaluate("document.getElementById('who').textContent") == "signed in as station-1 (inspect)"
+    assert _shown(page) == {"inspect-panel": True, "add-form": False, "approvals-panel": False}
+    assert page.evaluate("[...document.querySelectorAll('#normalities button')].every(b => b.hidden)")
     assert STATION_KEY not in live_server.log.read_text()
 
 
 def test_a_quality_engineer_proposes_a_change_but_sees_no_approve_button(
-    live_server: LiveServer, tmp_path: Path
+    live_server: LiveServer, service_page: Page
 ) -> None:
-    with Chromium(_chromium(), tmp_path / "profile") as browser:
-        _connect(browser, live_server.url, ENGINEER_KEY)
-        shown = {p: browser.evaluate(f"{VISIBLE}('{p}')") for p in ("inspect-panel", "add-form", "approvals-panel")}
-        assert shown == {"inspect-panel": True, "add-form": True, "approvals-panel": True}
-        browser.evaluate(
-            "const select = document.getElementById('line'); select.value = 'vials';"
-            "select.dispatchEvent(new Event('change'))"
-        )
-        browser.wait_for("document.querySelector('#changes li.none') !== null")
-        browser.evaluate(
-            "document.getElementById('normality-text').value = 'crack';"
-            "document.getElementById('normality-why').value = 'CAPA-7';"
-            "document.getElementById('add-normality').click()"
-        )
-        browser.wait_for("document.getElementById('status').textContent.startsWith('proposed change #')")
-        browser.wait_for("document.querySelector('#changes li[data-id]') !== null")
-        item = "document.querySelector('#changes li[data-id]')"
-        assert "proposed by engineer (CAPA-7)" in browser.evaluate(f"{item}.textContent")
-        assert browser.evaluate(f"[...{item}.querySelectorAll('button')].every(b => !b.getClientRects().length)")
-        assert browser.evaluate("document.querySelector('#normalities li.none') !== null")  # not applied
-        print(f"screenshot: {browser.screenshot(ARTIFACTS / 'service_page_engineer.png')}")
+    page = service_page
+    _connect(page, ENGINEER_KEY)
+    assert _shown(page) == {"inspect-panel": True, "add-form": True, "approvals-panel": True}
+    _choose_vials(page)
+    page.wait_for_function("document.querySelector('#changes li.none') !== null")
+    page.evaluate(
+        "document.getElementById('normality-text').value = 'crack';"
+        "document.getElementById('normality-why').value = 'CAPA-7';"
+        "document.getElementById('add-normality').click()"
+    )
+    page.wait_for_function("document.getElementById('status').textContent.startsWith('proposed change #')")
+    page.wait_for_function("document.querySelector('#changes li[data-id]') !== null")
+    item = "document.querySelector('#changes li[data-id]')"
+    assert "proposed by engineer (CAPA-7)" in page.evaluate(f"{item}.textContent")
+    assert page.evaluate(f"[...{item}.querySelectorAll('button')].every(b => !b.getClientRects().length)")
+    assert page.evaluate("document.querySelector('#normalities li.none') !== null")  # not applied
+    screenshot = ARTIFACTS / "service_page_engineer.png"
+    page.screenshot(path=screenshot, full_page=True)
+    print(f"screenshot: {screenshot}")
     assert ENGINEER_KEY not in live_server.log.read_text()
 
 
-def test_an_approver_approves_a_pending_change_from_the_page(live_server: LiveServer, tmp_path: Path) -> None:
+def test_an_approver_approves_a_pending_change_from_the_page(live_server: LiveServer, service_page: Page) -> None:
+    page = service_page
     with httpx.Client(base_url=live_server.url, headers={"X-API-Key": ENGINEER_KEY}, timeout=60) as client:
         change = client.post("/v1/lines/vials/normalities", json={"text": "bubble", "why": "CAPA-9"}).json()
-    with Chromium(_chromium(), tmp_path / "profile") as browser:
-        _connect(browser, live_server.url, APPROVER_KEY)
-        shown = {p: browser.evaluate(f"{VISIBLE}('{p}')") for p in ("inspect-panel", "add-form", "approvals-panel")}
-        assert shown == {"inspect-panel": False, "add-form": False, "approvals-panel": True}
-        browser.evaluate(
-            "const select = document.getElementById('line'); select.value = 'vials';"
-            "select.dispatchEvent(new Event('change'))"
-        )
-        item = f"document.querySelector('#changes li[data-id=\"{change['id']}\"]')"
-        browser.wait_for(f"{item} !== null")
-        browser.evaluate(f"{item}.querySelector('button.approve').click()")
-        approved = f"change #{change['id']} approved by approver"
-        browser.wait_for(f"document.getElementById('status').textContent === {approved!r}")
-        browser.wait_for("document.querySelector('#normalities li[data-name=\"bubble\"]') !== null")
+    _connect(page, APPROVER_KEY)
+    assert _shown(page) == {"inspect-panel": False, "add-form": False, "approvals-panel": True}
+    _choose_vials(page)
+    item = f"document.querySelector('#changes li[data-id=\"{change['id']}\"]')"
+    page.wait_for_function(f"{item} !== null")
+    page.evaluate(f"{item}.querySelector('button.approve').click()")
+    approved = f"change #{change['id']} approved by approver"
+    page.wait_for_function(f"document.getElementById('status').textContent === {approved!r}")
+    page.wait_for_function("document.querySelector('#normalities li[data-name=\"bubble\"]') !== null")
     assert APPROVER_KEY not in live_server.log.read_text()
+
+
+def test_docs_render_in_the_browser_with_no_internet(live_server: LiveServer, page: Page) -> None:
+    outside = keep_offline(page, live_server.url)
+    page.goto(f"{live_server.url}/docs")
+    expect(page.locator(".swagger-ui .info .title")).to_contain_text("normadd")
+    operations = page.locator(".swagger-ui .opblock-summary-path")
+    expect(operations.first).to_be_visible()
+    assert "/v1/lines/{line}/inspect" in operations.all_inner_texts()
+    expect(page.locator(".swagger-ui")).not_to_contain_text("Unable to render this definition")
+    assert outside == [], f"/docs tried to reach other servers: {outside}"

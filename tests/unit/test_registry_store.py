@@ -138,3 +138,76 @@ def test_an_older_database_gets_the_new_migrations_once_and_keeps_its_data(
             assert upgraded._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
             assert upgraded._db.execute("SELECT site FROM lines").fetchone()[0] == "plant-1"
             assert [row[0] for row in upgraded._db.execute("SELECT name FROM normalities")] == ["scratch"]
+
+
+def test_a_registry_from_before_visual_normalities_keeps_its_text_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from normadd.registry import schema
+
+    path = tmp_path / "old.db"
+    with monkeypatch.context() as old:
+        old.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:1])
+        old.setattr(schema, "SCHEMA_VERSION", 1)
+        with Registry(path) as before:
+            before.create_line(LineRecord("line-1", "bottle"), "alice")
+            before._db.execute(  # what a normadd of schema version 1 wrote
+                "INSERT INTO normalities (line, name, text, strength, phrases, added_at, added_by) "
+                "VALUES ('line-1', 'scratch', 'scratch', 0.5, '[]', '2026-01-01', 'alice')"
+            )
+    with Registry(path) as upgraded:
+        (kept,) = upgraded.normalities("line-1")
+    assert (kept.name, kept.kind, kept.memory, kept.sources) == ("scratch", "text", None, [])
+
+
+def test_a_registry_with_thresholds_and_staged_normalities_gets_the_visual_migration_and_keeps_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from normadd.registry import schema
+    from normadd.registry.store import ThresholdRecord
+
+    path = tmp_path / "v3.db"
+    with monkeypatch.context() as old:  # a registry of issues 11 and 12, before visual normalities
+        old.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:3])
+        old.setattr(schema, "SCHEMA_VERSION", 3)
+        with Registry(path) as before:
+            before.create_line(LineRecord("line-1", "bottle"), "alice")
+            before.set_threshold("line-1", ThresholdRecord(0.4), "alice")
+            before._db.execute(  # what a normadd of schema version 3 wrote
+                "INSERT INTO normalities (line, name, text, strength, phrases, added_at, added_by, state, until, "
+                "limits) VALUES ('line-1', 'scratch', 'scratch', 0.5, '[]', '2026-01-01T00:00:00+00:00', 'alice', "
+                "'staged', '2999-01-01T00:00:00+00:00', '{\"max_area\": 400}')"
+            )
+    with Registry(path) as upgraded:
+        assert upgraded._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        (kept,) = upgraded.normalities("line-1", ("staged",))
+        assert upgraded.threshold("line-1").value == 0.4  # type: ignore[union-attr]
+    assert (kept.name, kept.state, kept.until, kept.limits) == (
+        "scratch",
+        "staged",
+        "2999-01-01T00:00:00+00:00",
+        {"max_area": 400},
+    )
+    assert (kept.kind, kept.memory, kept.sources) == ("text", None, [])
+
+
+def test_a_visual_normality_is_stored_with_its_memory_and_audited_by_its_hashes(registry: Registry) -> None:
+    sources = [{"image": "scuff.png", "sha256": "ab" * 32, "mask_sha256": None}]
+    visual = NormalityRecord(
+        "example:scuff",
+        "examples scuff.png",
+        0.7,
+        embedding_backbone="tiny-random|x",
+        kind="visual",
+        memory=b"\x01\x02",
+        sources=sources,
+    )
+    registry.add_normality("line-1", visual, "bob", "customer accepts scuffs")
+    registry.close()
+    with Registry(registry.path) as reopened:
+        (stored,) = reopened.normalities("line-1")
+        assert (stored.kind, stored.memory, stored.sources) == ("visual", b"\x01\x02", sources)
+        reopened.remove_normality("line-1", "example:scuff", "bob")
+        removed, added = reopened.audit("line-1", limit=2)
+    assert added.details["kind"] == "visual" and added.details["sources"] == sources
+    assert removed.details["sources"] == sources

@@ -84,3 +84,45 @@ def test_missing_or_empty_maps_folder_is_one_line(tmp_path: Path) -> None:
         SavedMapsDetector(tmp_path / "nowhere")
     with pytest.raises(InvalidMapError, match="holds no maps"):
         SavedMapsDetector(tmp_path)
+
+
+def _two_defect_folders(tmp_path: Path, maps_layout: tuple[str, str]) -> tuple[Path, list[Path]]:
+    """Images ``test/{broken,scratch}/000.png`` (repeated stems) and their maps under ``maps_layout``."""
+    maps = tmp_path / "maps"
+    images = []
+    for folder, layout, value in (("broken", maps_layout[0], 1.0), ("scratch", maps_layout[1], 0.0)):
+        (tmp_path / "data" / "test" / folder).mkdir(parents=True)
+        images.append(_image(tmp_path / "data" / "test" / folder / "000.png"))
+        (maps / layout).parent.mkdir(parents=True, exist_ok=True)
+        np.save(maps / layout, np.full((8, 8), value, dtype=np.float32))
+    return maps, images
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        ("broken/000.npy", "scratch/000.npy"),
+        ("test/broken/000.npy", "test/scratch/000.npy"),
+        ("run-7/broken/000.npy", "run-7/scratch/000.npy"),  # a prefix folder of its own
+    ],
+)
+def test_repeated_stems_are_matched_by_relative_path(tmp_path: Path, layout: tuple[str, str]) -> None:
+    maps, images = _two_defect_folders(tmp_path, layout)
+    detector = SavedMapsDetector(maps, input_size=8)
+    detector.check_images(images)
+    detector.prepare_batch(images)
+    assert detector.detect(torch.rand(2, 3, 8, 8)).scores.tolist() == [1.0, 0.0]
+
+
+def test_a_map_matching_several_images_equally_is_refused_in_one_line(tmp_path: Path) -> None:
+    maps, images = _two_defect_folders(tmp_path, ("a/000.npy", "b/000.npy"))
+    message = _error(SavedMapsDetector(maps), images[0])
+    assert "matches 2 maps" in message and "a/000.npy" in message and "b/000.npy" in message
+
+
+def test_two_formats_of_one_map_are_ambiguous(tmp_path: Path) -> None:
+    (tmp_path / "maps").mkdir()
+    np.save(tmp_path / "maps" / "part.npy", np.zeros((8, 8), dtype=np.float32))
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(tmp_path / "maps" / "part.png")
+    message = _error(SavedMapsDetector(tmp_path / "maps"), _image(tmp_path / "part.png"))
+    assert "part.npy" in message and "part.png" in message

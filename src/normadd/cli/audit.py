@@ -181,6 +181,11 @@ def _verify_file(path: Path) -> tuple[ChainReport, set[str]]:
 
 
 def _summary(details: dict[str, Any]) -> str:
+    if "flips" in details and "parts" in details:  # a preview
+        return (
+            f"previewed '{details.get('name')}' on {details['parts']} parts: {details['flips']} NG -> OK "
+            f"(NG {details.get('ng_before')} -> {details.get('ng_after')})"
+        )
     if "image_sha256" in details:
         verdicts = ""
         if details.get("verdict_before"):

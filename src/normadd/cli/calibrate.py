@@ -125,8 +125,8 @@ def register(app: typer.Typer) -> None:
                 "defect_images": calibration.defect_count,
                 "defects_accepted": calibration.defects_accepted,
                 "f1": calibration.f1,
-                "good": str(good),
-                "defects": str(defects) if defects is not None else None,
+                "good": str(good.resolve()),
+                "defects": str(defects.resolve()) if defects is not None else None,
             }
             if registry is not None and line is not None:
                 from normadd.registry import approvals

@@ -328,6 +328,35 @@ def register(app: typer.Typer) -> None:
             return
         _print_preview(out, report)
 
+    @command(normality_app, "add-example")
+    def normality_add_example(
+        line: Annotated[str, typer.Argument(help="Line name.")],
+        images: Annotated[list[Path], typer.Argument(help="Example images of the defect that becomes normal.")],
+        mask: Annotated[list[Path], typer.Option("--mask", help="Defect mask of each image, in order.")] = [],  # noqa: B006
+        strength: Annotated[float, typer.Option(help="Suppression strength in [0, 1].")] = 1.0,
+        name: Annotated[str | None, typer.Option(help="Key to remove it by (default: example:<first image>).")] = None,
+        db: DbOption = DEFAULT_DATABASE,
+        who: WhoOption = None,
+        why: WhyOption = "",
+        device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "cpu",
+    ) -> None:
+        """Make a defect type normal on a line by example images (their memory and hashes are stored)."""
+        from normadd.errors import NormaddError
+        from normadd.registry.line_model import LineModel
+        from normadd.runtime import resolve_runtime
+
+        if mask and len(mask) != len(images):
+            raise NormaddError(f"{len(mask)} --mask for {len(images)} images: give one --mask per image, or none")
+        quiet_libraries()
+        with Registry(db) as registry:
+            model = LineModel.load(registry, line, resolve_runtime(device))
+            added = model.add_example(registry, images, mask or None, strength, who or default_who(), why, name)
+            out.print(
+                f"added visual normality '{added.name}' (strength {added.strength:g}, {len(added.sources)} "
+                f"example{'s' if len(added.sources) != 1 else ''}) to line '{line}'",
+                highlight=False,
+            )
+
     @command(normality_app, "list")
     def normality_list(
         line: Annotated[str, typer.Argument(help="Line name.")],
@@ -422,7 +451,8 @@ def _print_normalities(out: Console, registry: Registry, line: str) -> None:
             state,
             limits,
             f"{normality.added_by}\n{added:%Y-%m-%d %H:%M}Z",
-            ", ".join(normality.phrases),
+            ", ".join(normality.phrases)  # a visual normality has examples, named with their hashes, instead
+            or ", ".join(f"{source['image']} ({str(source['sha256'])[:12]})" for source in normality.sources),
         )
     out.print(table)
 

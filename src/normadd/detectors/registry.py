@@ -105,7 +105,9 @@ def build_detector(settings: DetectorSettings, runtime: Runtime | None = None) -
         from normadd.detectors.saved_maps import SavedMapsDetector
 
         if not settings.maps:
-            raise NormaddError("--detector maps needs --maps DIR of saved anomaly maps (one per image, same stem)")
+            raise NormaddError(
+                "--detector maps needs --maps DIR of saved anomaly maps (one per image, same relative path or stem)"
+            )
         return SavedMapsDetector(settings.maps)
     if name == "anomalib":
         from normadd.detectors.anomalib_adapter import AnomalibDetector

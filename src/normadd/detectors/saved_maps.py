@@ -1,9 +1,14 @@
 """Anomaly maps another system already wrote, read back as a normadd detector (``--detector maps``).
 
-One map per image in a folder, matched by file stem (``000.png`` ↔ ``000.npy``): ``.npy`` (any float
-or integer array), ``.tif``/``.tiff`` (float or integer), 8-bit ``.png`` (/255) or 16-bit ``.png``
-(/65535). A map must be 2-D with its image's aspect ratio (it is resized to the detector's size) and
-finite; a missing map, NaN or a wrong shape is one error line naming the file and the fix.
+One map per image in a folder (searched recursively), matched by relative path: a map's path under
+the folder, without its extension, is compared with the image's path from the end, so
+``maps/broken_large/000.npy`` belongs to ``…/test/broken_large/000.png`` and not to
+``…/test/contamination/000.png``. The map sharing the most trailing folders with the image wins;
+the file stem alone is the fallback (a flat folder of uniquely named maps); a tie is refused with
+one line naming the candidates, never guessed. Formats: ``.npy`` (any float or integer array),
+``.tif``/``.tiff`` (float or integer), 8-bit ``.png`` (/255) or 16-bit ``.png`` (/65535). A map
+must be 2-D with its image's aspect ratio (it is resized to the detector's size) and finite; a
+missing map, NaN or a wrong shape is one error line naming the file and the fix.
 
 Maps are matched to images by path, which the :class:`~normadd.detectors.base.Detector` protocol
 does not carry: the inspection loop calls :meth:`SavedMapsDetector.prepare_batch` with the paths of
@@ -52,8 +57,23 @@ def read_map(path: Path) -> np.ndarray:
     return array.astype(np.float32)
 
 
+def _key(parts: Sequence[str]) -> tuple[str, ...]:
+    """Path parts compared case-sensitively, without the file's extension."""
+    return (*parts[:-1], Path(parts[-1]).stem)
+
+
+def _shared_tail(a: tuple[str, ...], b: tuple[str, ...]) -> int:
+    """How many trailing parts two keys share (0 when the stems differ)."""
+    count = 0
+    for left, right in zip(reversed(a), reversed(b), strict=False):
+        if left != right:
+            break
+        count += 1
+    return count
+
+
 class SavedMapsDetector:
-    """Reads each image's anomaly map from ``maps_dir`` by file stem.
+    """Reads each image's anomaly map from ``maps_dir``, matched by relative path (stem as fallback).
 
     Args:
         maps_dir: Folder of maps (searched recursively).
@@ -65,10 +85,11 @@ class SavedMapsDetector:
         if not self.maps_dir.is_dir():
             raise InvalidMapError(f"maps folder {self.maps_dir} does not exist: pass --maps DIR of saved anomaly maps")
         self._input_size = input_size
-        self.index: dict[str, Path] = {}
+        self.index: dict[str, list[tuple[tuple[str, ...], Path]]] = {}  # stem -> (relative key, path)
         for path in sorted(self.maps_dir.rglob("*")):
             if path.is_file() and path.suffix.lower() in MAP_SUFFIXES:
-                self.index.setdefault(path.stem, path)
+                key = _key(path.relative_to(self.maps_dir).parts)
+                self.index.setdefault(key[-1], []).append((key, path))
         if not self.index:
             raise InvalidMapError(
                 f"maps folder {self.maps_dir} holds no maps ({', '.join(MAP_SUFFIXES)}): write one map per image"
@@ -86,18 +107,30 @@ class SavedMapsDetector:
         return f"saved anomaly maps from {self.maps_dir}"
 
     def map_path(self, image: Path) -> Path:
-        """The map file of an image.
+        """The map file of an image: the one sharing the most trailing path parts with it.
 
         Raises:
-            InvalidMapError: No map has the image's file stem.
+            InvalidMapError: No map has the image's file stem, or several match it equally well.
         """
-        found = self.index.get(Path(image).stem)
-        if found is None:
+        image_key = _key(Path(image).parts)
+        candidates = self.index.get(image_key[-1], [])
+        if not candidates:
             raise InvalidMapError(
-                f"no map for image {image} in {self.maps_dir} (expected {Path(image).stem}.npy, .tiff or .png): "
+                f"no map for image {image} in {self.maps_dir} (expected {image_key[-1]}.npy, .tiff or .png): "
                 "write its map or leave the image out"
             )
-        return found
+        shared = [_shared_tail(key, image_key) for key, _ in candidates]
+        best = max(shared)
+        winners = [path for (_, path), count in zip(candidates, shared, strict=True) if count == best]
+        if len(winners) > 1:
+            names = ", ".join(str(p.relative_to(self.maps_dir)) for p in winners[:4])
+            more = f" and {len(winners) - 4} more" if len(winners) > 4 else ""
+            raise InvalidMapError(
+                f"image {image} matches {len(winners)} maps equally well ({names}{more}) in {self.maps_dir}: "
+                "keep the images' folder structure under the maps folder (e.g. broken_large/000.npy) "
+                "and one map per image"
+            )
+        return winners[0]
 
     def load_map(self, image: Path) -> Tensor:
         """The checked map of one image, (input_size, input_size).

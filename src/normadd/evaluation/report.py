@@ -294,7 +294,7 @@ def decisions_view(result: EvaluationResult) -> Table:
 def decisions_figure(evaluation: ClassEvaluation) -> bytes:
     """One panel per added group: accepted share of each set of parts, before and after, with counts."""
     count = len(evaluation.decisions)
-    figure = Figure(figsize=(4.2 * max(count, 1), 2.6))
+    figure = Figure(figsize=(5.4 * max(count, 1), 2.8), layout="constrained")
     for k, d in enumerate(evaluation.decisions):
         axes = figure.add_subplot(1, max(count, 1), k + 1)
         names = ["good parts", f"{d.added_group} (added)", "other defects"]
@@ -314,7 +314,7 @@ def decisions_figure(evaluation: ClassEvaluation) -> bytes:
         axes.set_xlim(0, 118)
         axes.set_xlabel("accepted (OK) %", fontsize=8)
         axes.set_title(f"{evaluation.name}: +{d.added_group} (threshold {d.threshold:.3g})", fontsize=9)
-        axes.legend(fontsize=7, loc="lower right")
+        axes.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2, frameon=False)
     return _png(figure)
 
 

@@ -2,25 +2,35 @@
 
 The registry is the source of truth: a :class:`LineModel` loads the line's settings and active
 normalities, reuses each cached ``f_add`` when it was computed by the same encoder (backbone and
-weights fingerprint) and recomputes it otherwise. Adding or removing a normality writes the
-registry first, so a refused or failed write leaves the running model unchanged too.
+weights fingerprint) and recomputes it otherwise. A visual normality is stored as its example
+memory (safetensors bytes) with the SHA-256 of every example image and mask; it cannot be
+recomputed without the images, so a line whose encoder changed refuses to load it, naming the fix.
+Adding or removing a normality writes the registry first, so a refused or failed write leaves the
+running model unchanged too.
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
+from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
 from torch import Tensor
 
 from normadd.config import LineConfig
 from normadd.decisions.policy import DecisionPolicy, ThresholdSetting, limits_from_mapping, setting_limits
+from normadd.errors import NormaddError
 from normadd.factory import build_addition
 from normadd.normality.addition import AdditionResult, NormalityAddition
 from normadd.normality.text_normality import AddedNormality
+from normadd.normality.visual import PatchMemory
 from normadd.registry.errors import DuplicateNormalityError
 from normadd.registry.store import LineRecord, NormalityRecord, Registry, ThresholdRecord, utc_now
 from normadd.runtime import Runtime
@@ -55,6 +65,41 @@ def embedding_to_bytes(embedding: Tensor) -> bytes:
 def embedding_from_bytes(data: bytes) -> Tensor:
     """The tensor :func:`embedding_to_bytes` wrote."""
     return torch.from_numpy(np.frombuffer(data, dtype="<f4").copy())
+
+
+def memory_to_bytes(memory: PatchMemory) -> bytes:
+    """A visual normality's example memory as safetensors bytes (features per layer, floors, layers)."""
+    tensors = {f"features.{i}": features.float().contiguous() for i, features in enumerate(memory.features)}
+    tensors["floors"] = torch.tensor(memory.floors, dtype=torch.float64)
+    tensors["layers"] = torch.tensor(memory.layers, dtype=torch.int64)
+    return save_tensors(tensors)
+
+
+def memory_from_bytes(data: bytes, encoder_identity: str, sources: list[str]) -> PatchMemory:
+    """The memory :func:`memory_to_bytes` wrote."""
+    tensors = load_tensors(data)
+    layers = tuple(int(x) for x in tensors["layers"].tolist())
+    features = [tensors[f"features.{i}"] for i in range(len(layers))]
+    return PatchMemory(features, [float(x) for x in tensors["floors"].tolist()], layers, encoder_identity, sources)
+
+
+def _sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def example_sources(
+    images: Sequence[str | Path], masks: Sequence[str | Path] | None, names: Sequence[str] | None = None
+) -> list[dict[str, str | None]]:
+    """Name and SHA-256 of each example image and of its mask (what the registry and the audit keep)."""
+    shown = list(names) if names is not None else [Path(p).name for p in images]
+    return [
+        {
+            "image": shown[index],
+            "sha256": _sha256(image),
+            "mask_sha256": _sha256(masks[index]) if masks else None,
+        }
+        for index, image in enumerate(images)
+    ]
 
 
 class LineModel:
@@ -96,7 +141,9 @@ class LineModel:
         restored: dict[str, AddedNormality] = {}
         for stored in registry.normalities(self.line.name):
             known = current.get(stored.name)
-            if known is not None and (known.text, known.strength) == (stored.text, stored.strength):
+            if stored.kind == "visual":
+                restored[stored.name] = self._visual(stored, identity)
+            elif known is not None and (known.text, known.strength) == (stored.text, stored.strength):
                 restored[stored.name] = known
             elif stored.embedding is not None and stored.embedding_backbone == identity:
                 embedding = embedding_from_bytes(stored.embedding)
@@ -112,6 +159,18 @@ class LineModel:
             for stored in registry.normalities(self.line.name)
             if stored.until is not None
         }
+
+    def _visual(self, stored: NormalityRecord, identity: str) -> AddedNormality:
+        """A stored visual normality, usable only with the encoder its memory came from."""
+        if stored.memory is None or stored.embedding_backbone != identity:
+            raise NormaddError(
+                f"visual normality '{stored.name}' of line '{self.line.name}' was taken with another encoder "
+                f"({stored.embedding_backbone}) than the line now loads ({identity}): remove it "
+                f"(normadd normality remove {self.line.name} '{stored.name}') and add its examples again"
+            )
+        names = [str(source.get("image", "")) for source in stored.sources]
+        memory = memory_from_bytes(stored.memory, identity, names)
+        return AddedNormality(stored.name, stored.text, stored.strength, kind="visual", memory=memory)
 
     @property
     def input_size(self) -> int:
@@ -223,6 +282,64 @@ class LineModel:
             activated = registry.activate_normality(self.line.name, name, who, why)
             self._restore(registry)
             return activated
+    def add_example(
+        self,
+        registry: Registry,
+        images: Sequence[str | Path],
+        masks: Sequence[str | Path] | None,
+        strength: float,
+        who: str,
+        why: str = "",
+        name: str | None = None,
+        source_names: Sequence[str] | None = None,
+    ) -> NormalityRecord:
+        """Build a visual normality from example images (and masks), store it, then make it active here.
+
+        Args:
+            registry: Where it is stored and audited.
+            images: Example image files.
+            masks: One mask file per image, or None (whole images).
+            strength: s in [0, 1].
+            who: Who adds it.
+            why: Reason, kept in the audit log.
+            name: Key to remove it by; ``example:<first image>`` when None.
+            source_names: Names to keep for the images (e.g. upload names) instead of the file names.
+
+        Raises:
+            ImageLoadError: An unreadable image.
+            InvalidMaskError: A mask of another size than its image, or an empty mask.
+            ValueError: Strength outside [0, 1].
+            DuplicateNormalityError: Already active on this line.
+        """
+        with self._lock:
+            detector = self.addition.normality_detector
+            normality = detector.make_example_normality(list(images), list(masks) if masks else None, strength, name)
+            assert normality.memory is not None
+            sources = example_sources(images, masks, source_names)
+            if source_names is not None:  # name it after what the user sent, never after a temporary file
+                shown = [str(source["image"]) for source in sources]
+                normality.memory.sources = shown
+                normality.text = ("examples " + ", ".join(shown))[:120]
+                if name is None:
+                    extra = f"+{len(shown) - 1}" if len(shown) > 1 else ""
+                    normality.name = f"example:{Path(shown[0]).stem}{extra}"
+            if normality.name in self.addition.normalities:
+                raise DuplicateNormalityError(
+                    f"normality '{normality.name}' is already active on line '{self.line.name}': "
+                    "remove it first to change it"
+                )
+            record = NormalityRecord(
+                name=normality.name,
+                text=normality.text,
+                strength=normality.strength,
+                embedding_backbone=detector.encoder.identity,
+                kind="visual",
+                memory=memory_to_bytes(normality.memory),
+                sources=sources,
+            )
+            stored = registry.add_normality(self.line.name, record, who, why)
+            self.addition.normalities[normality.name] = normality
+            return stored
 
     def prepare(
         self,
@@ -305,7 +422,7 @@ def create_line(
     why: str = "",
     runtime: Runtime | None = None,
 ) -> LineModel | None:
-    """Create a line from a config; its configured normalities become active (and audited).
+    """Create a line from a config; its configured normalities, text and visual, become active (and audited).
 
     Returns:
         The loaded model when the config had normalities (it was needed to encode them), else None.
@@ -317,7 +434,7 @@ def create_line(
         scale = config.threshold_scale if config.threshold_scale is not None else policy.scale
         record = ThresholdRecord(config.threshold, scale, "config")
         registry.set_threshold(name, record, who, why or "from the line config")
-    if not config.normalities:
+    if not config.normalities and not config.examples:
         return None
     model = LineModel.load(registry, name, runtime)
     for setting in config.normalities:
@@ -329,5 +446,9 @@ def create_line(
             why or "from the line config",
             setting.name,
             setting_limits(setting),
+        )
+    for example in config.examples:
+        model.add_example(
+            registry, example.images, example.masks, example.strength, who, why or "from the line config", example.name
         )
     return model

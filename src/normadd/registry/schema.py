@@ -113,9 +113,15 @@ MIGRATIONS: tuple[Migration, ...] = (
     );
     CREATE INDEX retained_images_recent ON retained_images (line, seen);
     """,
-    # 4: the audit log's hash chain (audit_chain.py); computed here for the rows already written.
+    # 4: visual normalities (issue 16): their example memory and the hashes of the images it came from.
+    """
+    ALTER TABLE normalities ADD COLUMN kind TEXT NOT NULL DEFAULT 'text';
+    ALTER TABLE normalities ADD COLUMN memory BLOB;
+    ALTER TABLE normalities ADD COLUMN sources TEXT;
+    """,
+    # 5: the audit log's hash chain (audit_chain.py); computed here for the rows already written.
     _chain_audit_log,
-    # 5: changes waiting for a second person's approval (approvals.py), on lines with approval: required.
+    # 6: changes waiting for a second person's approval (approvals.py), on lines with approval: required.
     """
     CREATE TABLE pending_changes (
         id INTEGER PRIMARY KEY AUTOINCREMENT,

@@ -93,6 +93,9 @@ class NormalityRecord:
             activated) or ``expired`` (its ``until`` passed; no longer applied).
         until: ISO time (UTC) after which it stops applying, or None for no end.
         limits: Acceptance limits (``max_area``, ``max_length``, ``region``), or None.
+        kind: ``text`` (named by text) or ``visual`` (shown by example images).
+        memory: A visual normality's example memory, serialised (``embedding_backbone`` names its encoder).
+        sources: A visual normality's example images: name and SHA-256 of each image and of its mask.
     """
 
     name: str
@@ -106,6 +109,9 @@ class NormalityRecord:
     state: str = "active"
     until: str | None = None
     limits: dict[str, Any] | None = None
+    kind: str = "text"
+    memory: bytes | None = None
+    sources: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -380,7 +386,8 @@ class Registry:
                 db.execute("DELETE FROM normalities WHERE line = ? AND name = ?", (line, normality.name))
             db.execute(
                 "INSERT INTO normalities (line, name, text, strength, phrases, embedding, embedding_backbone, "
-                "added_at, added_by, state, until, limits) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "added_at, added_by, state, until, limits, kind, memory, sources) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     line,
                     normality.name,
@@ -394,6 +401,9 @@ class Registry:
                     normality.state,
                     normality.until,
                     json.dumps(normality.limits, sort_keys=True) if normality.limits else None,
+                    normality.kind,
+                    normality.memory,
+                    json.dumps(normality.sources) if normality.sources else None,
                 ),
             )
             details: dict[str, Any] = {
@@ -410,6 +420,8 @@ class Registry:
                 details["replaces_expired"] = True
             if normality.limits:
                 details["limits"] = normality.limits
+            if normality.kind != "text":  # the examples are audited by their hashes: what was shown is traceable
+                details.update(kind=normality.kind, sources=normality.sources)
             db.execute("UPDATE lines SET revision = revision + 1 WHERE name = ?", (line,))
             self._audit(db, line, "normality.add", who, why, details)
         return normality
@@ -436,7 +448,14 @@ class Registry:
                 raise NormalityNotFoundError(f"no normality named '{name}' on line '{line}' ({known})")
             db.execute("DELETE FROM normalities WHERE line = ? AND name = ?", (line, name))
             removed = _normality(row)
-            details = {"name": removed.name, "text": removed.text, "strength": removed.strength, "state": removed.state}
+            details: dict[str, Any] = {
+                "name": removed.name,
+                "text": removed.text,
+                "strength": removed.strength,
+                "state": removed.state,
+            }
+            if removed.kind != "text":
+                details.update(kind=removed.kind, sources=removed.sources)
             db.execute("UPDATE lines SET revision = revision + 1 WHERE name = ?", (line,))
             self._audit(db, line, "normality.remove", who, why, details)
         return removed
@@ -695,4 +714,7 @@ def _normality(row: sqlite3.Row) -> NormalityRecord:
         state=row["state"],
         until=row["until"],
         limits=json.loads(row["limits"]) if row["limits"] else None,
+        kind=row["kind"],
+        memory=row["memory"],
+        sources=json.loads(row["sources"]) if row["sources"] else [],
     )

@@ -3,7 +3,9 @@
 ``create_app(settings)`` builds it; every ``/v1`` route needs an ``X-API-Key`` header whose key
 has the route's scope (:data:`normadd.serve.authority.ROUTE_SCOPES`; a refusal is a 403 and is
 audited). On a line with ``approval: required`` a change answers 202 with a pending change that
-another person approves. The service refuses to start on a broken audit chain. Each
+another person approves. The service refuses to start on a broken audit chain. ``/docs``
+(Swagger UI) loads its scripts from the service itself, so it works with no internet, and
+``/metrics`` answers in the Prometheus text format (:mod:`normadd.serve.metrics`). Each
 line's model is loaded once (the configured line at start-up, others on first use) and its
 inspections go through one :class:`MicroBatcher`. Bad input is answered with a JSON error
 (``{"error": code, "detail": message}``) and a 4xx code, and leaves the registry unchanged.
@@ -17,6 +19,7 @@ import functools
 import hashlib
 import io
 import logging
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -24,13 +27,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import torch
-from fastapi import Depends, FastAPI, File, Query, Request, Security, UploadFile
+from fastapi import Depends, FastAPI, File, Form, Query, Request, Security, UploadFile
 from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from PIL import Image
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -60,6 +64,7 @@ from normadd.runtime import resolve_runtime
 from normadd.serve import schemas
 from normadd.serve.authority import PUBLIC, ROUTE_SCOPES, ApiKey, KeyRing
 from normadd.serve.batching import MicroBatcher
+from normadd.serve.metrics import RequestMetrics, ServiceMetrics
 from normadd.serve.settings import ServiceConfig
 from normadd.visualize import heat_overlay
 
@@ -67,7 +72,11 @@ logger = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 MAP_SIZE = 256
 MAX_NAME_CHARS = 200  # of an upload's file name, as kept in the audit log
-ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": schemas.ErrorOut} for code in (401, 403, 404, 409, 413)}
+UPLOAD_ROUTES = ("/inspect", "/examples")  # take files: the upload limit, not the JSON one
+# Every /v1 error is an ErrorOut, 403 and 422 included (FastAPI would document its own validation body).
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": schemas.ErrorOut} for code in (400, 401, 403, 404, 409, 413, 422)
+}
 PROPOSED: dict[int | str, dict[str, Any]] = {202: {"model": schemas.ChangeOut, "description": "Waits for approval."}}
 STATUS_OF: list[tuple[type[Exception], int, str]] = [
     (ChangeNotFoundError, 404, "unknown_change"),
@@ -112,7 +121,7 @@ class BodyLimit:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
-        if scope["path"].endswith("/inspect"):
+        if scope["path"].endswith(UPLOAD_ROUTES):
             limit = self.max_upload_bytes
             message = f"the upload is over {limit:,} bytes: send fewer or smaller images"
         else:
@@ -162,6 +171,7 @@ class Service:
         self.runtime = resolve_runtime(settings.device)
         self.registry = Registry(settings.database)
         self.lines: dict[str, ServedLine] = {}
+        self.metrics = ServiceMetrics()
         self._loading = asyncio.Lock()
         self.keys = KeyRing(settings.api_keys.values())
         self.check_audit_chain()
@@ -244,6 +254,7 @@ class Service:
             functools.partial(model.explain, registry=self.registry, keep_projected=retains),
             self.settings.batch_max_images,
             self.settings.batch_wait_ms,
+            on_pass=functools.partial(self.metrics.record_pass, model.line.name),
         )
         self.lines[model.line.name] = ServedLine(model, batcher)
         return self.lines[model.line.name]
@@ -322,7 +333,14 @@ def _normality_out(record: NormalityRecord) -> schemas.NormalityOut:
         state=record.state,
         until=record.until,
         limits=record.limits,
+        kind=record.kind,
+        sources=[schemas.ExampleSourceOut(**source) for source in record.sources],
     )
+
+
+def _upload_names(uploads: list[UploadFile], prefix: str) -> list[str]:
+    """The names uploads are shown and audited by (their file names, shortened; never used as paths)."""
+    return [(upload.filename or f"{prefix}{i + 1}")[:MAX_NAME_CHARS] for i, upload in enumerate(uploads)]
 
 
 def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
@@ -344,7 +362,10 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
         yield
         await service.close()
 
-    app = FastAPI(
+    # Swagger UI from the package's own files (fastapi-offline), not a CDN: /docs works on an
+    # air-gapped plant network. ReDoc is left out: its script fetches a logo from the internet.
+    app = FastAPIOffline(
+        redoc_url=None,
         title="normadd",
         summary="Add a normality to a deployed visual anomaly detector by text; audited per product line.",
         version="0.1.0",
@@ -353,6 +374,7 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
     app.state.service = service
     app.add_middleware(BodyLimit, max_upload_bytes=settings.max_upload_bytes)
     _add_error_handlers(app)
+    app.add_middleware(RequestMetrics, metrics=service.metrics, routes=app.router.routes)  # outermost: counts 413s
     api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="One of the service's API keys.")
 
     def calling_key(request: Request, secret: Annotated[str | None, Security(api_key_header)]) -> ApiKey:
@@ -394,6 +416,16 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
             images_inspected=sum(s.images for s in stats),
         )
 
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={200: {"content": {service.metrics.content_type: {"schema": {"type": "string"}}}}},
+        tags=["service"],
+    )
+    async def metrics() -> Response:
+        """Prometheus metrics: requests, latency, forward passes, batch sizes, verdicts; needs no key."""
+        return Response(service.metrics.exposition(), media_type=service.metrics.content_type)
+
     @app.get("/v1/lines", response_model=list[schemas.LineOut], responses=ERRORS, tags=["lines"])
     async def list_lines(who: Caller) -> list[schemas.LineOut]:
         """The product lines in the registry."""
@@ -418,13 +450,13 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
     @app.post(
         "/v1/lines/{line}/inspect",
         response_model=schemas.InspectionOut,
-        responses={**ERRORS, 422: {"model": schemas.ErrorOut}},
+        responses=ERRORS,
         tags=["inspection"],
     )
     async def inspect(
         line: str,
         who: Caller,
-        images: Annotated[list[UploadFile], File(description="One or more image files (PNG, JPEG, …).")],
+        images: Annotated[list[UploadFile], File(min_length=1, description="One or more image files (PNG, JPEG, …).")],
         maps: Annotated[bool, Query(description="Also return before/suppression/after overlays as PNG.")] = False,
     ) -> schemas.InspectionOut:
         """Scores before and after the line's active normalities; each image is logged in the audit."""
@@ -436,7 +468,7 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
                 f"{len(images)} images in one request: send at most {settings.max_images_per_request}",
             )
         contents = [await upload.read() for upload in images]
-        names = [(upload.filename or f"image{i + 1}")[:MAX_NAME_CHARS] for i, upload in enumerate(images)]
+        names = _upload_names(images, "image")
         size = served.model.input_size
 
         def decode() -> Tensor:
@@ -470,6 +502,8 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
             for i, sha in enumerate(hashes)
         ]
         ids = await run(service.registry.record_inspections, line, records, who)
+        # the verdict each part got (after the normalities): OK, NG or undecided (no usable threshold)
+        service.metrics.record_verdicts(line, [decision.verdict_after for decision in decided.decisions])
         await run(_retain, service.registry, served.model, line, contents, names, result)
         overlays = (
             await run(
@@ -523,7 +557,7 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
     @app.put(
         "/v1/lines/{line}/threshold",
         response_model=schemas.ThresholdOut,
-        responses={**ERRORS, **PROPOSED, 422: {"model": schemas.ErrorOut}},
+        responses={**ERRORS, **PROPOSED},
         tags=["decisions"],
     )
     async def set_threshold(line: str, body: schemas.ThresholdIn, who: Caller) -> Any:
@@ -583,7 +617,7 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
         "/v1/lines/{line}/normalities",
         status_code=201,
         response_model=schemas.NormalityOut,
-        responses={**ERRORS, **PROPOSED, 422: {"model": schemas.ErrorOut}},
+        responses={**ERRORS, **PROPOSED},
         tags=["normalities"],
     )
     async def add_normality(line: str, body: schemas.NormalityIn, who: Caller) -> Any:
@@ -610,7 +644,7 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
     @app.post(
         "/v1/lines/{line}/normalities/preview",
         response_model=schemas.PreviewOut,
-        responses={**ERRORS, 422: {"model": schemas.ErrorOut}},
+        responses=ERRORS,
         tags=["normalities"],
     )
     async def preview_normality(line: str, body: schemas.PreviewIn, who: Caller) -> schemas.PreviewOut:
@@ -636,7 +670,7 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
     @app.post(
         "/v1/lines/{line}/normalities/{name}/activate",
         response_model=schemas.NormalityOut,
-        responses={**ERRORS, **PROPOSED, 422: {"model": schemas.ErrorOut}},
+        responses={**ERRORS, **PROPOSED},
         tags=["normalities"],
     )
     async def activate_normality(line: str, name: str, who: Caller, body: schemas.ActivateIn | None = None) -> Any:
@@ -649,6 +683,64 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
             return _proposed(change)
         record = await run(served.model.activate, service.registry, name, who, why)
         return _normality_out(record)
+
+    @app.post(
+        "/v1/lines/{line}/examples",
+        status_code=201,
+        response_model=schemas.NormalityOut,
+        responses=ERRORS,
+        tags=["normalities"],
+    )
+    async def add_example(
+        line: str,
+        who: Caller,
+        images: Annotated[list[UploadFile], File(min_length=1, description="Example images of the defect.")],
+        masks: Annotated[
+            list[UploadFile] | None,
+            File(description="One mask per image, in order (non-zero = defect); none: the whole images."),
+        ] = None,
+        strength: Annotated[float, Form(ge=0.0, le=1.0, description="Suppression strength s in [0, 1].")] = 1.0,
+        name: Annotated[
+            str | None, Form(min_length=1, max_length=MAX_NAME_CHARS, description="Key (default: example:<image>).")
+        ] = None,
+        why: Annotated[str, Form(max_length=500, description="Reason, kept in the audit log.")] = "",
+    ) -> schemas.NormalityOut:
+        """Make a defect type normal on the line by showing example images (stored, audited with their hashes)."""
+        served = await service.line(line)
+        if len(images) > settings.max_images_per_request:
+            raise ApiError(
+                413,
+                "too_many_images",
+                f"{len(images)} example images in one request: send at most {settings.max_images_per_request}",
+            )
+        masks = masks or []
+        if masks and len(masks) != len(images):
+            raise NormaddError(
+                f"{len(masks)} masks for {len(images)} images: send one mask per image, in order, or none"
+            )
+        image_names, mask_names = _upload_names(images, "image"), _upload_names(masks, "mask")
+        image_data = [await upload.read() for upload in images]
+        mask_data = [await upload.read() for upload in masks]
+
+        def build() -> NormalityRecord:
+            for data, shown in zip(image_data + mask_data, image_names + mask_names, strict=True):
+                load_image_bytes(data, 8, shown, settings.max_image_pixels)  # every file decodes, named as sent
+            with tempfile.TemporaryDirectory(prefix="normadd-examples-") as folder:
+                image_paths = [Path(folder) / f"image-{i}" for i in range(len(image_data))]
+                mask_paths = [Path(folder) / f"mask-{i}" for i in range(len(mask_data))]
+                for path, data in zip(image_paths + mask_paths, image_data + mask_data, strict=True):
+                    path.write_bytes(data)
+                try:
+                    return served.model.add_example(
+                        service.registry, image_paths, mask_paths, strength, who, why, name, image_names
+                    )
+                except NormaddError as error:  # name the files as the client sent them, not as stored here
+                    message = str(error)
+                    for path, shown in zip(image_paths + mask_paths, image_names + mask_names, strict=True):
+                        message = message.replace(str(path), shown)
+                    raise type(error)(message) from None
+
+        return _normality_out(await run(build))
 
     @app.delete(
         "/v1/lines/{line}/normalities/{name}",
@@ -736,7 +828,7 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
     @app.post(
         "/v1/lines/{line}/changes/{change_id}/approve",
         response_model=schemas.ChangeOut,
-        responses={**ERRORS, 422: {"model": schemas.ErrorOut}},
+        responses=ERRORS,
         tags=["approval"],
     )
     async def approve_change(
@@ -750,7 +842,7 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
     @app.post(
         "/v1/lines/{line}/changes/{change_id}/reject",
         response_model=schemas.ChangeOut,
-        responses={**ERRORS, 422: {"model": schemas.ErrorOut}},
+        responses=ERRORS,
         tags=["approval"],
     )
     async def reject_change(line: str, change_id: int, who: Caller, body: schemas.DecisionIn) -> schemas.ChangeOut:
@@ -800,9 +892,8 @@ def _change_out(change: PendingChange) -> schemas.ChangeOut:
 def _add_error_handlers(app: FastAPI) -> None:
     async def api_error(request: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, HTTPException)
-        code = getattr(error, "error", None) or {404: "not_found", 405: "method_not_allowed"}.get(
-            error.status_code, "http_error"
-        )
+        words = {400: "malformed_body", 404: "not_found", 405: "method_not_allowed"}
+        code = getattr(error, "error", None) or words.get(error.status_code, "http_error")
         return JSONResponse({"error": code, "detail": str(error.detail)}, status_code=error.status_code)
 
     async def validation_error(request: Request, error: Exception) -> JSONResponse:

@@ -41,6 +41,8 @@ UNSCOPED_DEFAULT = ("inspect", "preview", "change", "audit")
 ROUTE_SCOPES: dict[tuple[str, str], str] = {
     ("GET", "/"): PUBLIC,
     ("GET", "/healthz"): PUBLIC,
+    # Prometheus scrapes without a key; counts by route template, line and verdict (no user text).
+    ("GET", "/metrics"): PUBLIC,
     ("GET", "/v1/me"): ANY_KEY,
     ("GET", "/v1/lines"): ANY_KEY,
     ("POST", "/v1/lines/{line}/inspect"): "inspect",
@@ -48,6 +50,7 @@ ROUTE_SCOPES: dict[tuple[str, str], str] = {
     ("POST", "/v1/lines/{line}/normalities"): "change",  # also stages (issue 12)
     ("POST", "/v1/lines/{line}/normalities/preview"): "preview",
     ("POST", "/v1/lines/{line}/normalities/{name}/activate"): "change",
+    ("POST", "/v1/lines/{line}/examples"): "change",  # a visual normality (issue 16)
     ("GET", "/v1/lines/{line}/threshold"): ANY_KEY,
     ("PUT", "/v1/lines/{line}/threshold"): "change",
     ("DELETE", "/v1/lines/{line}/threshold"): "change",

@@ -12,6 +12,7 @@ import contextlib
 import copy
 import dataclasses
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -57,12 +58,21 @@ class MicroBatcher:
         explain: The (blocking) forward pass; run in a worker thread.
         max_images: Most images in one pass (a larger single request still runs, alone).
         max_wait_ms: How long the first request waits for others.
+        on_pass: Called after each successful pass with its number of images and its seconds
+            (the service's metrics).
     """
 
-    def __init__(self, explain: Callable[[Tensor], AdditionResult], max_images: int = 16, max_wait_ms: float = 5.0):
+    def __init__(
+        self,
+        explain: Callable[[Tensor], AdditionResult],
+        max_images: int = 16,
+        max_wait_ms: float = 5.0,
+        on_pass: Callable[[int, float], None] | None = None,
+    ):
         self.explain = explain
         self.max_images = max_images
         self.max_wait = max_wait_ms / 1000.0
+        self.on_pass = on_pass
         self.stats = BatchStats()
         self._queue: asyncio.Queue[_Request] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
@@ -110,6 +120,7 @@ class MicroBatcher:
         while True:
             batch = await self._gather()
             images = torch.cat([request.images for request in batch])
+            started = time.perf_counter()
             try:
                 result = await asyncio.to_thread(self.explain, images)
                 parts = []
@@ -127,6 +138,8 @@ class MicroBatcher:
             self.stats.passes += 1
             self.stats.images += images.shape[0]
             self.stats.largest = max(self.stats.largest, images.shape[0])
+            if self.on_pass is not None:
+                self.on_pass(int(images.shape[0]), time.perf_counter() - started)
             for request, part in zip(batch, parts, strict=True):
                 if not request.future.done():  # the client may have gone away
                     request.future.set_result(part)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class ErrorOut(BaseModel):
@@ -15,7 +15,13 @@ class ErrorOut(BaseModel):
 
 
 class NormalityIn(BaseModel):
-    """A defect type to make normal."""
+    """A defect type to make normal.
+
+    Strict: a JSON string or boolean is not taken for the strength (pydantic's lax mode would
+    read ``"0.5"`` and ``true`` as numbers), and unknown keys are refused rather than ignored.
+    """
+
+    model_config = ConfigDict(strict=True, extra="forbid")
 
     text: str = Field(description="Defect text, e.g. 'scratch'.", examples=["scratch"])
     strength: float = Field(1.0, ge=0.0, le=1.0, description="Suppression strength s in [0, 1].")
@@ -39,6 +45,14 @@ class ActivateIn(BaseModel):
     why: str = Field("", max_length=500, description="Reason, kept in the audit log.")
 
 
+class ExampleSourceOut(BaseModel):
+    """One example image of a visual normality, as the registry keeps it."""
+
+    image: str = Field(description="The image's name as it was sent.")
+    sha256: str = Field(description="SHA-256 of the image file.")
+    mask_sha256: str | None = Field(None, description="SHA-256 of its mask file (None: the whole image).")
+
+
 class NormalityOut(BaseModel):
     """A normality of a line and its state."""
 
@@ -51,6 +65,8 @@ class NormalityOut(BaseModel):
     state: str = Field("active", description="active (applies), staged (not yet applied) or expired.")
     until: str | None = Field(None, description="When it stops applying (UTC), or null.")
     limits: dict[str, Any] | None = None
+    kind: str = Field("text", description="'text' (named by text) or 'visual' (shown by example images).")
+    sources: list[ExampleSourceOut] = Field(default_factory=list, description="The examples of a visual normality.")
 
 
 class NormalitiesOut(BaseModel):
