@@ -43,6 +43,9 @@ ROUTE_SCOPES: dict[tuple[str, str], str] = {
     ("GET", "/healthz"): PUBLIC,
     # Prometheus scrapes without a key; counts by route template, line and verdict (no user text).
     ("GET", "/metrics"): PUBLIC,
+    # Swagger UI (fastapi-offline), served from the package: it holds no data, the routes it calls need keys.
+    ("GET", "/docs"): PUBLIC,
+    ("GET", "/docs/oauth2-redirect"): PUBLIC,
     ("GET", "/v1/me"): ANY_KEY,
     ("GET", "/v1/lines"): ANY_KEY,
     ("POST", "/v1/lines/{line}/inspect"): "inspect",
