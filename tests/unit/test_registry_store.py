@@ -140,48 +140,64 @@ def test_an_older_database_gets_the_new_migrations_once_and_keeps_its_data(
             assert [row[0] for row in upgraded._db.execute("SELECT name FROM normalities")] == ["scratch"]
 
 
-def test_a_registry_from_before_visual_normalities_keeps_its_text_ones(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from normadd.registry import schema
+def _old_registry(path: Path, version: int) -> sqlite3.Connection:
+    """A registry as a normadd of schema ``version`` (before the audit chain) left it, written in SQL.
 
+    The store's own writes need today's columns (e.g. the audit chain's), so the old rows are
+    written as the old code wrote them.
+    """
+    from normadd.registry.schema import MIGRATIONS
+
+    db = sqlite3.connect(path, isolation_level=None)
+    for migration in MIGRATIONS[:version]:
+        assert isinstance(migration, str), "the old schemas are plain SQL"
+        db.executescript(migration)
+    db.execute(f"PRAGMA user_version = {version}")
+    db.execute(
+        "INSERT INTO lines (name, class_name, detector, backbone, phrase_generator, created_at) "
+        "VALUES ('line-1', 'bottle', 'aprilgan', 'tiny-random', 'template', '2026-01-01T00:00:00+00:00')"
+    )
+    db.execute(
+        "INSERT INTO audit_log (at, line, action, who, why, details) "
+        "VALUES ('2026-01-01T00:00:00+00:00', 'line-1', 'line.create', 'alice', '', '{}')"
+    )
+    return db
+
+
+def test_a_registry_from_before_visual_normalities_keeps_its_text_ones(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
-    with monkeypatch.context() as old:
-        old.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:1])
-        old.setattr(schema, "SCHEMA_VERSION", 1)
-        with Registry(path) as before:
-            before.create_line(LineRecord("line-1", "bottle"), "alice")
-            before._db.execute(  # what a normadd of schema version 1 wrote
-                "INSERT INTO normalities (line, name, text, strength, phrases, added_at, added_by) "
-                "VALUES ('line-1', 'scratch', 'scratch', 0.5, '[]', '2026-01-01', 'alice')"
-            )
+    with _old_registry(path, 1) as before:  # what a normadd of schema version 1 wrote
+        before.execute(
+            "INSERT INTO normalities (line, name, text, strength, phrases, added_at, added_by) "
+            "VALUES ('line-1', 'scratch', 'scratch', 0.5, '[]', '2026-01-01', 'alice')"
+        )
+    before.close()
     with Registry(path) as upgraded:
         (kept,) = upgraded.normalities("line-1")
+        assert upgraded.verify_audit_chain().ok  # the old rows are chained by migration 5
     assert (kept.name, kept.kind, kept.memory, kept.sources) == ("scratch", "text", None, [])
 
 
 def test_a_registry_with_thresholds_and_staged_normalities_gets_the_visual_migration_and_keeps_them(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
-    from normadd.registry import schema
-    from normadd.registry.store import ThresholdRecord
-
     path = tmp_path / "v3.db"
-    with monkeypatch.context() as old:  # a registry of issues 11 and 12, before visual normalities
-        old.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:3])
-        old.setattr(schema, "SCHEMA_VERSION", 3)
-        with Registry(path) as before:
-            before.create_line(LineRecord("line-1", "bottle"), "alice")
-            before.set_threshold("line-1", ThresholdRecord(0.4), "alice")
-            before._db.execute(  # what a normadd of schema version 3 wrote
-                "INSERT INTO normalities (line, name, text, strength, phrases, added_at, added_by, state, until, "
-                "limits) VALUES ('line-1', 'scratch', 'scratch', 0.5, '[]', '2026-01-01T00:00:00+00:00', 'alice', "
-                "'staged', '2999-01-01T00:00:00+00:00', '{\"max_area\": 400}')"
-            )
+    with _old_registry(path, 3) as before:  # a registry of issues 11 and 12, before visual normalities
+        before.execute(
+            "INSERT INTO thresholds (line, value, method, set_at, set_by) "
+            "VALUES ('line-1', 0.4, 'set', '2026-01-01T00:00:00+00:00', 'alice')"
+        )
+        before.execute(
+            "INSERT INTO normalities (line, name, text, strength, phrases, added_at, added_by, state, until, "
+            "limits) VALUES ('line-1', 'scratch', 'scratch', 0.5, '[]', '2026-01-01T00:00:00+00:00', 'alice', "
+            "'staged', '2999-01-01T00:00:00+00:00', '{\"max_area\": 400}')"
+        )
+    before.close()
     with Registry(path) as upgraded:
-        assert upgraded._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert upgraded._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
         (kept,) = upgraded.normalities("line-1", ("staged",))
         assert upgraded.threshold("line-1").value == 0.4  # type: ignore[union-attr]
+        assert upgraded.verify_audit_chain().ok
     assert (kept.name, kept.state, kept.until, kept.limits) == (
         "scratch",
         "staged",
