@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import sqlite3
@@ -269,4 +270,42 @@ def test_thresholds_staging_and_activation_wait_for_approval_too(client: TestCli
     entries = client.get(f"/v1/lines/{LINE}/audit", headers=auth("bob"), params={"limit": 4}).json()["entries"]
     actions = [(e["action"], e["who"]) for e in entries if e["action"] != "inspect"]
     assert actions[:2] == [("change.approve", "bob"), ("normality.activate", "alice")]
+    assert client.get("/v1/audit/verify", headers=auth("only-audit")).json()["ok"]
+
+
+def test_a_visual_normality_waits_for_approval_with_its_memory_and_hashes(client: TestClient) -> None:
+    image = _png(7)
+    sha = hashlib.sha256(image).hexdigest()
+    before = _inspect(client)  # what earlier tests left active on the line
+    examples = f"/v1/lines/{LINE}/examples"
+    files = [("images", ("scuff.png", image, "image/png"))]
+    refused = client.post(examples, headers=auth("station-1"), files=files)
+    assert refused.status_code == 403 and "'change' scope" in refused.json()["detail"]
+    proposed = client.post(examples, headers=auth("alice"), files=files, data={"strength": "0.8", "why": "CAPA-21"})
+    assert proposed.status_code == 202, proposed.text
+    change = proposed.json()
+    assert change["kind"] == "normality.add"
+    shown = f"add visual normality 'example:scuff' (strength 0.8, 1 example): scuff.png ({sha[:12]})"
+    assert change["summary"] == shown
+    payload = change["payload"]
+    assert payload["kind"] == "visual"
+    assert payload["sources"] == [{"image": "scuff.png", "sha256": sha, "mask_sha256": None}]
+    assert "memory" not in payload and "embedding" not in payload  # shown without the base64
+    assert _inspect(client) == before  # scored without the pending change
+
+    approve = f"/v1/lines/{LINE}/changes/{change['id']}/approve"
+    assert client.post(approve, headers=auth("bob"), json={"why": "examples checked"}).is_success
+    assert _inspect(client) == [*before, {"name": "example:scuff", "strength": 0.8}]
+    listed = client.get(f"/v1/lines/{LINE}/normalities", headers=auth("station-1")).json()["normalities"]
+    (visual,) = [n for n in listed if n["name"] == "example:scuff"]
+    assert (visual["kind"], visual["added_by"]) == ("visual", "alice")
+    entries = client.get(f"/v1/lines/{LINE}/audit", headers=auth("bob"), params={"action": "normality.add"}).json()
+    added = entries["entries"][0]
+    assert (added["who"], added["details"]["kind"]) == ("alice", "visual")
+    assert added["details"]["sources"][0]["sha256"] == sha
+
+    removal = client.delete(f"/v1/lines/{LINE}/normalities/example:scuff", headers=auth("alice"), params={"why": "y"})
+    assert removal.status_code == 202, removal.text
+    assert client.post(f"/v1/lines/{LINE}/changes/{removal.json()['id']}/approve", headers=auth("bob")).is_success
+    assert _inspect(client) == before
     assert client.get("/v1/audit/verify", headers=auth("only-audit")).json()["ok"]

@@ -350,6 +350,13 @@ def register(app: typer.Typer) -> None:
         quiet_libraries()
         with Registry(db) as registry:
             model = LineModel.load(registry, line, resolve_runtime(device))
+            if approvals.approval_required(registry, line):  # the memory and hashes wait for a second person
+                record = model.prepare_example(images, mask or None, strength, name)
+                summary = approvals.visual_summary(record)
+                payload = approvals.normality_payload(record)
+                change = approvals.propose(registry, line, "normality.add", payload, summary, who or default_who(), why)
+                print_proposed(out, change)
+                return
             added = model.add_example(registry, images, mask or None, strength, who or default_who(), why, name)
             out.print(
                 f"added visual normality '{added.name}' (strength {added.strength:g}, {len(added.sources)} "

@@ -27,6 +27,7 @@ from normadd.registry.errors import (
 from normadd.registry.store import NormalityRecord, Registry, ThresholdRecord
 
 APPROVAL_MODES = ("none", "required")
+BINARY_PAYLOAD = ("embedding", "memory")  # base64 in a payload: kept for applying, left out where it is shown
 DEFAULT_EXPIRES_HOURS = 72.0
 
 
@@ -118,19 +119,37 @@ APPLY: dict[str, Applier] = {
 
 
 def normality_payload(record: NormalityRecord) -> dict[str, Any]:
-    """A prepared normality as JSON (``f_add`` as base64), so the approved change is exactly what was proposed."""
+    """A prepared normality as JSON, so the approved change is exactly what was proposed.
+
+    ``f_add`` (text) and the example memory (visual) are base64; a visual one's sources are its images' hashes.
+    """
     data = asdict(record)
     data.pop("added_at"), data.pop("added_by")
-    data["embedding"] = base64.b64encode(record.embedding).decode() if record.embedding is not None else None
+    for key in BINARY_PAYLOAD:
+        data[key] = base64.b64encode(data[key]).decode() if data[key] is not None else None
     return data
 
 
 def normality_from_payload(payload: dict[str, Any]) -> NormalityRecord:
     """The record :func:`normality_payload` wrote."""
     data = dict(payload)
-    if data.get("embedding") is not None:
-        data["embedding"] = base64.b64decode(data["embedding"])
+    for key in BINARY_PAYLOAD:
+        if data.get(key) is not None:
+            data[key] = base64.b64decode(data[key])
     return NormalityRecord(**data)
+
+
+def visual_summary(record: NormalityRecord) -> str:
+    """The line an approver reads for a proposed visual normality: name, strength, each image and its hash."""
+    count = len(record.sources)
+    images = ", ".join(f"{s['image']} ({str(s['sha256'])[:12]})" for s in record.sources)
+    examples = f"{count} example{'s' * (count != 1)}"
+    return f"add visual normality '{record.name}' (strength {record.strength:g}, {examples}): {images}"
+
+
+def shown_payload(payload: dict[str, Any]) -> dict[str, Any]:
+    """A payload as people see it (audit, REST, CLI): without the base64 of ``f_add`` or an example memory."""
+    return {k: v for k, v in payload.items() if k not in BINARY_PAYLOAD}
 
 
 def threshold_payload(record: ThresholdRecord) -> dict[str, Any]:
@@ -176,7 +195,7 @@ def propose(
     hours = float(stored.settings.get("approval_expires_hours", DEFAULT_EXPIRES_HOURS))
     now = registry.clock()
     text = json.dumps(payload, sort_keys=True)
-    shown = {k: v for k, v in payload.items() if k != "embedding"}
+    shown = shown_payload(payload)
     with registry.transaction() as db:
         cursor = db.execute(
             "INSERT INTO pending_changes (line, kind, payload, summary, why, proposed_by, proposed_at, expires_at) "

@@ -282,6 +282,7 @@ class LineModel:
             activated = registry.activate_normality(self.line.name, name, who, why)
             self._restore(registry)
             return activated
+
     def add_example(
         self,
         registry: Registry,
@@ -312,34 +313,67 @@ class LineModel:
             DuplicateNormalityError: Already active on this line.
         """
         with self._lock:
-            detector = self.addition.normality_detector
-            normality = detector.make_example_normality(list(images), list(masks) if masks else None, strength, name)
-            assert normality.memory is not None
-            sources = example_sources(images, masks, source_names)
-            if source_names is not None:  # name it after what the user sent, never after a temporary file
-                shown = [str(source["image"]) for source in sources]
-                normality.memory.sources = shown
-                normality.text = ("examples " + ", ".join(shown))[:120]
-                if name is None:
-                    extra = f"+{len(shown) - 1}" if len(shown) > 1 else ""
-                    normality.name = f"example:{Path(shown[0]).stem}{extra}"
-            if normality.name in self.addition.normalities:
-                raise DuplicateNormalityError(
-                    f"normality '{normality.name}' is already active on line '{self.line.name}': "
-                    "remove it first to change it"
-                )
-            record = NormalityRecord(
-                name=normality.name,
-                text=normality.text,
-                strength=normality.strength,
-                embedding_backbone=detector.encoder.identity,
-                kind="visual",
-                memory=memory_to_bytes(normality.memory),
-                sources=sources,
-            )
+            normality, record = self._prepare_example(images, masks, strength, name, source_names)
             stored = registry.add_normality(self.line.name, record, who, why)
             self.addition.normalities[normality.name] = normality
             return stored
+
+    def prepare_example(
+        self,
+        images: Sequence[str | Path],
+        masks: Sequence[str | Path] | None,
+        strength: float,
+        name: str | None = None,
+        source_names: Sequence[str] | None = None,
+    ) -> NormalityRecord:
+        """The record :meth:`add_example` would store (example memory computed), without storing it.
+
+        A change waiting for approval holds this record, so the approver approves exactly the
+        memory and image hashes that were shown (the images themselves are not kept).
+
+        Raises:
+            ImageLoadError: An unreadable image.
+            InvalidMaskError: A mask of another size than its image, or an empty mask.
+            ValueError: Strength outside [0, 1].
+            DuplicateNormalityError: Already active on this line.
+        """
+        with self._lock:
+            return self._prepare_example(images, masks, strength, name, source_names)[1]
+
+    def _prepare_example(
+        self,
+        images: Sequence[str | Path],
+        masks: Sequence[str | Path] | None,
+        strength: float,
+        name: str | None,
+        source_names: Sequence[str] | None,
+    ) -> tuple[AddedNormality, NormalityRecord]:
+        detector = self.addition.normality_detector
+        normality = detector.make_example_normality(list(images), list(masks) if masks else None, strength, name)
+        assert normality.memory is not None
+        sources = example_sources(images, masks, source_names)
+        if source_names is not None:  # name it after what the user sent, never after a temporary file
+            shown = [str(source["image"]) for source in sources]
+            normality.memory.sources = shown
+            normality.text = ("examples " + ", ".join(shown))[:120]
+            if name is None:
+                extra = f"+{len(shown) - 1}" if len(shown) > 1 else ""
+                normality.name = f"example:{Path(shown[0]).stem}{extra}"
+        if normality.name in self.addition.normalities:
+            raise DuplicateNormalityError(
+                f"normality '{normality.name}' is already active on line '{self.line.name}': "
+                "remove it first to change it"
+            )
+        record = NormalityRecord(
+            name=normality.name,
+            text=normality.text,
+            strength=normality.strength,
+            embedding_backbone=detector.encoder.identity,
+            kind="visual",
+            memory=memory_to_bytes(normality.memory),
+            sources=sources,
+        )
+        return normality, record
 
     def prepare(
         self,

@@ -688,7 +688,7 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
         "/v1/lines/{line}/examples",
         status_code=201,
         response_model=schemas.NormalityOut,
-        responses=ERRORS,
+        responses={**ERRORS, **PROPOSED},
         tags=["normalities"],
     )
     async def add_example(
@@ -704,8 +704,12 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
             str | None, Form(min_length=1, max_length=MAX_NAME_CHARS, description="Key (default: example:<image>).")
         ] = None,
         why: Annotated[str, Form(max_length=500, description="Reason, kept in the audit log.")] = "",
-    ) -> schemas.NormalityOut:
-        """Make a defect type normal on the line by showing example images (stored, audited with their hashes)."""
+    ) -> Any:
+        """Make a defect type normal on the line by showing example images (stored, audited with their hashes).
+
+        On a line with ``approval: required`` the computed memory and the images' hashes are
+        proposed instead (202); the approver approves exactly that.
+        """
         served = await service.line(line)
         if len(images) > settings.max_images_per_request:
             raise ApiError(
@@ -722,7 +726,7 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
         image_data = [await upload.read() for upload in images]
         mask_data = [await upload.read() for upload in masks]
 
-        def build() -> NormalityRecord:
+        def build() -> NormalityRecord | PendingChange:
             for data, shown in zip(image_data + mask_data, image_names + mask_names, strict=True):
                 load_image_bytes(data, 8, shown, settings.max_image_pixels)  # every file decodes, named as sent
             with tempfile.TemporaryDirectory(prefix="normadd-examples-") as folder:
@@ -731,6 +735,12 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
                 for path, data in zip(image_paths + mask_paths, image_data + mask_data, strict=True):
                     path.write_bytes(data)
                 try:
+                    if approvals.approval_required(service.registry, line):
+                        record = served.model.prepare_example(image_paths, mask_paths, strength, name, image_names)
+                        summary = approvals.visual_summary(record)
+                        payload = approvals.normality_payload(record)
+                        kind = "normality.add"
+                        return approvals.propose(service.registry, line, kind, payload, summary, who, why)
                     return served.model.add_example(
                         service.registry, image_paths, mask_paths, strength, who, why, name, image_names
                     )
@@ -740,7 +750,8 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
                         message = message.replace(str(path), shown)
                     raise type(error)(message) from None
 
-        return _normality_out(await run(build))
+        built = await run(build)
+        return _proposed(built) if isinstance(built, PendingChange) else _normality_out(built)
 
     @app.delete(
         "/v1/lines/{line}/normalities/{name}",
@@ -885,7 +896,7 @@ def _proposed(change: PendingChange) -> JSONResponse:
 
 
 def _change_out(change: PendingChange) -> schemas.ChangeOut:
-    shown = {k: v for k, v in change.payload.items() if k != "embedding"}
+    shown = approvals.shown_payload(change.payload)
     return schemas.ChangeOut(**{**change.__dict__, "payload": shown})
 
 
