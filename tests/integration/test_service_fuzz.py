@@ -1,7 +1,8 @@
 """The REST API fuzzed from its own OpenAPI schema (schemathesis, in-process, no socket).
 
 Every operation gets a bounded number of generated requests, schema-valid and schema-invalid
-ones (a missing or wrong key among them), with a valid key otherwise and, for most, the served
+ones (a missing or wrong key among them), with a valid ``admin`` key otherwise (every route's
+scope, so a 403 would be a scope table bug, not an answer to the input) and, for most, the served
 line in the path (else nearly every request would stop at 404). Each answer must be no 5xx, a
 status the schema documents, and a body that conforms to it; schema-invalid input must be refused.
 
@@ -48,7 +49,7 @@ def api_schema(tmp_path_factory: pytest.TempPathFactory) -> Iterator[schemathesi
             line=LINE,
             line_config=LineConfig(class_name="bottle", backbone="tiny-random"),
             database=folder / "normadd.db",
-            api_keys={"fuzzer": KEY},
+            api_keys={"fuzzer": {"secret": KEY, "scopes": ["admin"]}},
             max_upload_bytes=200_000,
             max_images_per_request=4,
             max_image_pixels=250_000,
@@ -103,4 +104,13 @@ def test_every_generated_request_gets_a_documented_answer_and_never_a_5xx(api_sc
         "POST /v1/lines/{line}/normalities/{name}/activate",
     }
     assert decisions_and_staging <= set(fuzzed), sorted(decisions_and_staging - set(fuzzed))
+    authority_and_examples = {  # issue 18's routes and issue 16's visual normalities
+        "GET /v1/me",
+        "GET /v1/lines/{line}/changes",
+        "POST /v1/lines/{line}/changes/{change_id}/approve",
+        "POST /v1/lines/{line}/changes/{change_id}/reject",
+        "GET /v1/audit/verify",
+        "POST /v1/lines/{line}/examples",
+    }
+    assert authority_and_examples <= set(fuzzed), sorted(authority_and_examples - set(fuzzed))
     assert not failures, "\n\n".join(f"{label}:\n{report}" for label, report in failures.items())
