@@ -154,3 +154,18 @@ def test_thresholds_and_activation_are_proposed_on_an_approval_line(db: str) -> 
         assert [n.name for n in registry.normalities("line-1")] == ["smudge"]
     code, out = _run("normality", "activate", "line-1", "smudge", "--db", db, "--who", "alice")
     assert code == 2 and "is active, not staged" in out, out
+
+
+def test_an_example_normality_on_an_approval_line_waits_for_a_second_person(db: str, bottle_dir: Path) -> None:
+    image = bottle_dir / "test" / "broken_large" / "000.png"
+    code, out = _run("normality", "add-example", "line-1", str(image), "--db", db, "--who", "alice", "--why", "CAPA-3")
+    assert code == 0 and "needs approval: proposed change 1" in out, out
+    code, out = _run("normality", "list", "line-1", "--db", db)
+    assert "example:000" not in out
+    code, out = _run("change", "approve", "1", "--db", db, "--who", "bob")
+    assert code == 0 and "proposed by alice, approved by bob" in out, out
+    with Registry(Path(db)) as registry:
+        (stored,) = registry.normalities("line-1")
+        assert registry.verify_audit_chain().ok
+    assert (stored.name, stored.kind, stored.added_by) == ("example:000", "visual", "alice")
+    assert stored.memory and stored.sources[0]["image"] == "000.png"
