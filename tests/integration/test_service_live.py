@@ -178,6 +178,10 @@ def _shown(page: Page) -> dict[str, bool]:
 
 
 def _choose_vials(page: Page) -> None:
+    # "signed in as" is shown before the line list arrives: wait until the first line's changes are shown
+    page.wait_for_function(
+        "document.querySelector('#line option[value=\"vials\"]') !== null && document.querySelector('#changes li')"
+    )
     page.evaluate(
         "const select = document.getElementById('line'); select.value = 'vials';"
         "select.dispatchEvent(new Event('change'))"
