@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from normadd.cli import options as opt
 from normadd.cli.common import friendly_errors, quiet_libraries
 from normadd.registry.store import DEFAULT_DATABASE, Registry
 
@@ -46,21 +47,50 @@ def register(app: typer.Typer) -> None:
     @command(line_app, "create")
     def line_create(
         name: Annotated[str, typer.Argument(help="Line name, e.g. bottle-line-3.")],
-        config_file: Annotated[Path | None, typer.Option("--config", help="Line YAML (class_name, backbone…).")] = None,
-        class_name: Annotated[str | None, typer.Option("--class-name", "-c", help="Product class.")] = None,
-        backbone: Annotated[str | None, typer.Option(help="ViT-L-14-336 (default) or tiny-random.")] = None,
-        weights: Annotated[Path | None, typer.Option(help="open_clip weights file.")] = None,
-        projections: Annotated[Path | None, typer.Option(help="APRIL-GAN projections checkpoint.")] = None,
+        config_file: opt.ConfigFile = None,
+        class_name: opt.ClassName = None,
+        object_name: opt.ObjectName = None,
+        backbone: opt.Backbone = None,
+        weights: opt.Weights = None,
+        projections: opt.Projections = None,
+        layers: opt.Layers = None,
+        image_size: opt.ImageSize = None,
+        resize: opt.Resize = None,
+        image_score: opt.ImageScore = None,
+        detector: opt.Detector = None,
+        shots: opt.Shots = None,
+        reference: opt.Reference = None,
+        maps: opt.Maps = None,
+        memory_bank: opt.MemoryBank = None,
+        detector_backbone: opt.DetectorBackbone = None,
+        detector_weights: opt.DetectorWeights = None,
         db: DbOption = DEFAULT_DATABASE,
         who: WhoOption = None,
         why: WhyOption = "",
     ) -> None:
         """Create a product line (normalities in its config become active)."""
-        from normadd.config import config_from_options
         from normadd.registry.line_model import create_line
 
         quiet_libraries()
-        config = config_from_options(config_file, class_name, backbone, weights, projections)
+        config = opt.line_from_options(
+            config_file,
+            class_name,
+            backbone=backbone,
+            weights=weights,
+            projections=projections,
+            layers=layers,
+            object_name=object_name,
+            image_size=image_size,
+            resize=resize,
+            image_score=image_score,
+            detector=detector,
+            shots=shots,
+            reference=reference,
+            maps=maps,
+            memory_bank=memory_bank,
+            detector_backbone=detector_backbone,
+            detector_weights=detector_weights,
+        )
         with Registry(db) as registry:
             create_line(registry, name, config, who or default_who(), why)
             out.print(f"created line '{name}' ({config.class_name}, {config.backbone}) in {db}", highlight=False)

@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import torch
@@ -57,6 +56,7 @@ from normadd.images import load_batch
 from normadd.normality.addition import NormalityAddition
 from normadd.normality.suppression import check_map, keep_factor, resize_maps
 from normadd.normality.text_normality import AddedNormality
+from normadd.progress import NoProgress, ProgressHook
 from normadd.runtime import Runtime
 
 DETECTORS_WITHOUT_FACTORY = ("aprilgan",)
@@ -67,26 +67,6 @@ PAPER_TABLE3_NAMES = {  # (detector, shots) -> its Table 3 row, reported only as
     ("winclip", 5): "WinCLIP (5-shot)",
     ("patchcore", 0): "PatchCore",
 }
-
-
-class ProgressHook(Protocol):
-    """What the runner tells a progress display."""
-
-    def start(self, description: str, total: int) -> None:
-        """A new stage with ``total`` steps begins."""
-        ...
-
-    def advance(self, count: int) -> None:
-        """``count`` more steps are done."""
-        ...
-
-
-class _NoProgress:
-    def start(self, description: str, total: int) -> None:
-        pass
-
-    def advance(self, count: int) -> None:
-        pass
 
 
 @dataclass
@@ -104,6 +84,8 @@ class EvaluationSettings:
         batch_size: Images per detector pass.
         use_cache: Read and write the on-disk feature cache.
         runtime: Device and precision.
+        object_names: Class -> object word in the prompts (the groups YAML's ``object_names``);
+            a class not named gets the line's ``object_name``, else its folder name with ``_`` as spaces.
     """
 
     data: Path
@@ -114,6 +96,12 @@ class EvaluationSettings:
     batch_size: int = 8
     use_cache: bool = True
     runtime: Runtime | None = None
+    object_names: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def resize(self) -> str:
+        """How images and masks become square: the line's ``resize`` (``squash`` by default)."""
+        return self.line.resize if self.line is not None else "squash"
 
 
 @dataclass
@@ -297,6 +285,8 @@ def line_config(settings: EvaluationSettings, class_name: str) -> LineConfig:
     base = settings.line or LineConfig(class_name=class_name)
     fields = {f.name for f in dataclasses.fields(LineConfig)}
     updates: dict[str, object] = {"class_name": class_name, "normalities": []}
+    if class_name in settings.object_names:
+        updates["object_name"] = settings.object_names[class_name]
     if "examples" in fields:
         updates["examples"] = []
     if "detector" in fields:
@@ -386,7 +376,7 @@ class Evaluator:
         if settings.batch_size < 1:
             raise NormaddError("--batch-size must be at least 1")
         self.settings = settings
-        self.progress = progress or _NoProgress()
+        self.progress = progress or NoProgress()
         self.on_note = on_note
         self.build = build
         self.notes: list[str] = []
@@ -509,7 +499,7 @@ class Evaluator:
         for start in range(0, len(missing), self.settings.batch_size):
             chunk = missing[start : start + self.settings.batch_size]
             paths = [images[i].path for i in chunk]
-            loaded, pixels, failures = load_batch(paths, addition.input_size)
+            loaded, pixels, failures = load_batch(paths, addition.input_size, self.settings.resize)
             for failure in failures:
                 self.note(f"{class_name}: image skipped: {failure.reason}")
             by_path = {path: i for path, i in zip(paths, chunk, strict=True)}
@@ -653,7 +643,7 @@ class Evaluator:
                 masks.append(None)  # already noted when the class was read
             else:
                 try:
-                    masks.append(load_mask(image.mask_path, image.path, size))
+                    masks.append(load_mask(image.mask_path, image.path, size, self.settings.resize))
                 except EvaluationDataError as error:
                     masks.append(None)
                     bad.append(str(error))
@@ -706,7 +696,7 @@ class Evaluator:
             mask = None
             if image.mask_path is not None:
                 try:
-                    mask = load_mask(image.mask_path, image.path, size)
+                    mask = load_mask(image.mask_path, image.path, size, self.settings.resize)
                 except EvaluationDataError:
                     mask = None
             examples.append(
