@@ -89,7 +89,7 @@ def test_a_missing_model_config_file_is_one_line(tmp_path: Path) -> None:
 def test_image_size_changes_the_run_size_and_must_fit_the_patches() -> None:
     assert get_backbone_spec("ViT-L-14-336", image_size=336).image_size == 336
     assert get_backbone_spec("ViT-L-14-336").image_size == 518
-    with pytest.raises(WeightsMismatchError, match=r"--image-size 500 must be a multiple of .* patch size 14, e.g. 490"):
+    with pytest.raises(WeightsMismatchError, match=r"--image-size 500 must be a multiple of .* 14, e.g. 490"):
         get_backbone_spec("ViT-L-14-336", image_size=500)
 
 
