@@ -1,0 +1,172 @@
+"""Any data, any text, no surprises (issue 16): the CLI on odd files, odd names and hostile-looking texts."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from normadd.cli import app
+
+runner = CliRunner()
+TINY = ("--backbone", "tiny-random")
+
+
+def _inspect(*args: str) -> tuple[int, str]:
+    result = runner.invoke(app, ["inspect", *args])
+    return result.exit_code, result.output
+
+
+def _gray_jpeg(path: Path, size: tuple[int, int] = (90, 60), seed: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    array = np.random.default_rng(seed).integers(0, 255, size=(size[1], size[0]), dtype=np.uint8)
+    Image.fromarray(array, mode="L").save(path)
+    return path
+
+
+HOSTILE = ["dent (small)", "oil stain 10%", "{{7*7}}", "<script>alert(1)</script>", "a, \"quoted\"; DROP TABLE x;--"]
+
+
+def test_hostile_looking_texts_are_accepted_and_stay_inert_in_every_output(tmp_path: Path) -> None:
+    image = _gray_jpeg(tmp_path / "in" / "part.jpg")
+    out = tmp_path / "out"
+    adds = [arg for text in HOSTILE for arg in ("--add", text)]
+    code, output = _inspect(
+        str(image), "-c", "../../etc/passwd", "--object-name", "<b>{0}</b>", *adds, *TINY, "--out", str(out)
+    )
+    assert code == 0, output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out"]  # no text became a path
+    with (out / "scores.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows[0]["normalities"] == "; ".join(f"{text}:1" for text in HOSTILE)
+    record = json.loads((out / "run.json").read_text())
+    assert [n["text"] for n in record["normalities"]] == HOSTILE
+    phrases = [p for n in record["normalities"] for p in n["phrases"]]
+    assert any("<b>{0}</b>" in p for p in phrases) and not any("49" in p for p in phrases)
+
+
+def test_control_characters_in_a_file_name_reach_the_terminal_escaped(tmp_path: Path) -> None:
+    good = _gray_jpeg(tmp_path / "in" / "good.jpg")
+    evil = tmp_path / "in" / "evil\x1b[2J[bold]name.png"
+    evil.write_bytes(b"not an image")
+    code, output = _inspect(str(good), str(evil), "-c", "part", *TINY, "--out", str(tmp_path / "out"))
+    assert code == 2, output
+    assert "\x1b" not in output
+    assert "evil\\x1b[2J[bold]name.png" in " ".join(output.split())  # escaped, and the markup shown as typed
+
+
+def test_control_characters_in_a_text_are_one_escaped_error_line(tmp_path: Path) -> None:
+    image = _gray_jpeg(tmp_path / "part.jpg")
+    code, output = _inspect(str(image), "-c", "part", "--add", "scr\x1b]0;owned\x07atch", *TINY)
+    assert code == 2
+    assert "\x1b" not in output and "\x07" not in output
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "scr\\x1b]0;owned\\x07atch" in errors[0] and "control characters" in errors[0]
+
+
+def test_no_readable_input_is_said_before_any_model_loads(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    # ViT-L-14-336 has no weights here: loading it first would fail with "no weights" instead.
+    code, output = _inspect(str(bad), "-c", "part", "--backbone", "ViT-L-14-336")
+    assert code == 2
+    message = " ".join(output.split())
+    assert "no readable input" in message and "no weights" not in message
+
+
+def test_output_names_say_which_file_they_came_from_and_run_json_maps_them(tmp_path: Path) -> None:
+    first = tmp_path / "images" / "a" / "rgb.bmp"
+    second = tmp_path / "images" / "b" / "rgb.webp"
+    first.parent.mkdir(parents=True)
+    second.parent.mkdir(parents=True)
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(first)
+    Image.new("RGB", (30, 40), (10, 200, 10)).save(second)
+    out = tmp_path / "out"
+    code, output = _inspect(str(tmp_path / "images"), "-c", "part", *TINY, "--out", str(out))
+    assert code == 0, output
+    for name in ("rgb.bmp", "rgb.webp"):
+        assert (out / f"{name}_after.png").is_file()
+    mapping = {row["image"]: row["output_stem"] for row in json.loads((out / "run.json").read_text())["images"]}
+    assert mapping == {str(first): "rgb.bmp", str(second): "rgb.webp"}
+
+
+def test_object_name_is_the_word_in_the_prompts(tmp_path: Path) -> None:
+    image = _gray_jpeg(tmp_path / "part.jpg")
+    out = tmp_path / "named"
+    args = ("-c", "mtd", "--object-name", "magnetic tile", "--add", "uneven")
+    code, output = _inspect(str(image), *args, *TINY, "-o", str(out))
+    assert code == 0, output
+    phrases = json.loads((out / "run.json").read_text())["normalities"][0]["phrases"]
+    assert "magnetic tile with an uneven area" in phrases and not any("mtd" in p for p in phrases)
+    out = tmp_path / "default"
+    code, output = _inspect(str(image), "-c", "metal_nut", "--add", "scratch", *TINY, "-o", str(out))
+    assert code == 0, output
+    phrases = json.loads((out / "run.json").read_text())["normalities"][0]["phrases"]
+    assert "metal nut with a scratch" in phrases
+
+
+def test_object_name_in_the_line_config(tmp_path: Path) -> None:
+    from normadd.config import LineConfig
+
+    config = LineConfig.from_dict({"class_name": "mtd", "object_name": "magnetic tile"})
+    assert config.prompt_object == "magnetic tile"
+    assert LineConfig(class_name="pcb_board").prompt_object == "pcb board"
+
+
+@pytest.mark.parametrize("fmt", ["npy", "tiff"])
+def test_letterboxed_non_square_images_and_raw_maps(tmp_path: Path, fmt: str) -> None:
+    image = _gray_jpeg(tmp_path / "wide.jpg", size=(120, 40))
+    out = tmp_path / "out"
+    code, output = _inspect(
+        str(image), "-c", "part", "--add", "scratch", *TINY, "--resize", "letterbox", "--save-maps", fmt, "-o", str(out)
+    )
+    assert code == 0, output
+    loaded = {}
+    for kind in ("before", "suppression", "after"):
+        path = out / f"wide_{kind}.{fmt}"
+        loaded[kind] = np.load(path) if fmt == "npy" else np.asarray(Image.open(path))
+        assert loaded[kind].dtype == np.float32 and loaded[kind].ndim == 2
+    assert (loaded["after"] <= loaded["before"] + 1e-6).all()
+    assert ((loaded["suppression"] >= 0) & (loaded["suppression"] <= 1)).all()
+
+
+def test_unknown_resize_and_map_format_are_one_line_each(tmp_path: Path) -> None:
+    image = _gray_jpeg(tmp_path / "part.jpg")
+    code, output = _inspect(str(image), "-c", "part", *TINY, "--resize", "crop")
+    assert code == 2 and "resize 'crop' is unknown: choose squash or letterbox" in output
+    code, output = _inspect(str(image), "-c", "part", *TINY, "--save-maps", "png")
+    assert code == 2 and "--save-maps 'png' is unknown: choose npy or tiff" in output
+
+
+def _mixed_size_references(folder: Path) -> Path:
+    _gray_jpeg(folder / "a.jpg", size=(64, 48), seed=1)
+    _gray_jpeg(folder / "b.png", size=(50, 90), seed=2)
+    return folder
+
+
+def test_patchcore_fits_on_references_of_different_sizes_with_a_progress_bar(tmp_path: Path) -> None:
+    references = _mixed_size_references(tmp_path / "refs")
+    image = _gray_jpeg(tmp_path / "part.jpg", size=(70, 30))
+    code, output = _inspect(
+        str(image), "-c", "part", "--add", "scratch", *TINY, "--detector", "patchcore",
+        "--detector-backbone", "resnet18", "--detector-weights", "random", "--reference", str(references),
+        "-o", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert code == 0, output
+    assert "PatchCore fit: features" in output and "PatchCore fit: coreset" in output
+
+
+def test_winclip_few_shot_takes_references_of_different_sizes(tmp_path: Path) -> None:
+    references = _mixed_size_references(tmp_path / "refs")
+    image = _gray_jpeg(tmp_path / "part.jpg", size=(70, 30))
+    code, output = _inspect(
+        str(image), "-c", "part", "--add", "scratch", *TINY, "--detector", "winclip",
+        "--detector-backbone", "tiny-random-winclip", "--shots", "2", "--reference", str(references),
+        "-o", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert code == 0, output
