@@ -27,7 +27,9 @@ from normadd.images import DEFAULT_RESIZE, LoadFailure, load_batch, output_stems
 from normadd.normality.addition import AdditionResult, NormalityAddition
 from normadd.visualize import heat_overlay, save_png, with_caption
 
-SCORE_COLUMNS = ("image", "score_before", "score_after", "normalities", "model")
+# score_detector: the detector's own image score (max of its native-size map, or with
+# image_score: clip APRIL-GAN's pooled-embedding score, WinCLIP's native score).
+SCORE_COLUMNS = ("image", "score_before", "score_after", "normalities", "model", "score_detector")
 MAP_FORMATS = ("npy", "tiff")
 
 
@@ -67,6 +69,7 @@ class ScoreRow:
     score_before: float
     score_after: float
     output_stem: str
+    score_detector: float | None = None
 
 
 @dataclass
@@ -144,7 +147,13 @@ def inspect_images(
                 if save_maps is not None:
                     _write_raw_maps(result, i, stems[path], out, save_maps)
                 report.rows.append(
-                    ScoreRow(str(path), float(result.before_scores[i]), float(result.after_scores[i]), stems[path])
+                    ScoreRow(
+                        str(path),
+                        float(result.before_scores[i]),
+                        float(result.after_scores[i]),
+                        stems[path],
+                        float(result.detector_scores[i]),
+                    )
                 )
         if on_progress is not None:
             on_progress(len(chunk))
@@ -158,7 +167,10 @@ def _write_scores(report: InspectionReport, path: Path, normalities: str) -> Non
     writer = csv.writer(buffer)
     writer.writerow(SCORE_COLUMNS)
     for row in report.rows:
-        writer.writerow([row.image, f"{row.score_before:.6f}", f"{row.score_after:.6f}", normalities, report.model])
+        detector_score = "" if row.score_detector is None else f"{row.score_detector:.6f}"
+        writer.writerow(
+            [row.image, f"{row.score_before:.6f}", f"{row.score_after:.6f}", normalities, report.model, detector_score]
+        )
     atomic_write_bytes(path, buffer.getvalue().encode())
 
 

@@ -170,3 +170,69 @@ def test_winclip_few_shot_takes_references_of_different_sizes(tmp_path: Path) ->
         "-o", str(tmp_path / "out"),
     )  # fmt: skip
     assert code == 0, output
+
+
+def _non_square_dataset(root: Path) -> Path:
+    """A class folder 'mtd' whose images are 80x40 grayscale, one defect type with masks."""
+    folder = root / "mtd"
+    for index in range(2):
+        _gray_jpeg(folder / "test" / "good" / f"{index:03d}.png", size=(80, 40), seed=index)
+        _gray_jpeg(folder / "test" / "blow_hole" / f"{index:03d}.png", size=(80, 40), seed=10 + index)
+        mask = np.zeros((40, 80), dtype=np.uint8)
+        mask[10:20, 30:50] = 255
+        (folder / "ground_truth" / "blow_hole").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(mask).save(folder / "ground_truth" / "blow_hole" / f"{index:03d}_mask.png")
+    return root
+
+
+def test_evaluate_letterboxes_non_square_data_with_object_names_and_escapes_group_names(tmp_path: Path) -> None:
+    root = _non_square_dataset(tmp_path / "data")
+    groups = tmp_path / "groups.yaml"
+    groups.write_text('object_names:\n  mtd: magnetic tile\nmtd:\n  "<b>blow & hole</b>": [blow_hole]\n')
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app,
+        ["evaluate", "--data", str(root), "--groups", str(groups), *TINY, "--resize", "letterbox", "--no-cache",
+         "--out", str(out)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    html = (out / "report.html").read_text()
+    assert "<b>blow" not in html and "&lt;b&gt;blow &amp; hole&lt;/b&gt;" in html
+
+
+def test_evaluate_gives_each_class_its_object_name(tmp_path: Path) -> None:
+    from normadd.config import LineConfig
+    from normadd.evaluation.dataset import read_object_names
+    from normadd.evaluation.runner import EvaluationSettings, line_config
+
+    groups = tmp_path / "groups.yaml"
+    groups.write_text("object_names:\n  mtd: magnetic tile\nmtd:\n  holes: [blow_hole]\n")
+    settings = EvaluationSettings(
+        data=tmp_path, line=LineConfig(class_name="x", resize="letterbox"), object_names=read_object_names(groups)
+    )
+    assert line_config(settings, "mtd").prompt_object == "magnetic tile"
+    assert line_config(settings, "metal_nut").prompt_object == "metal nut"
+    assert settings.resize == "letterbox"
+
+
+def test_evaluate_object_name_needs_one_class(tmp_path: Path) -> None:
+    root = _non_square_dataset(tmp_path / "data")
+    result = runner.invoke(app, ["evaluate", "--data", str(root), *TINY, "--object-name", "magnetic tile"])
+    assert result.exit_code == 2
+    assert "--object-name names the object of one class" in " ".join(result.output.split())
+
+
+def test_image_score_clip_writes_aprilgans_own_score_beside_the_map_scores(tmp_path: Path) -> None:
+    image = _gray_jpeg(tmp_path / "part.jpg")
+    scores = {}
+    for mode in ("max", "clip"):
+        out = tmp_path / mode
+        code, output = _inspect(str(image), "-c", "part", *TINY, "--image-score", mode, "-o", str(out))
+        assert code == 0, output
+        with (out / "scores.csv").open(newline="") as handle:
+            scores[mode] = next(csv.DictReader(handle))
+    assert scores["max"]["score_before"] == scores["clip"]["score_before"]  # the NAND protocol is unchanged
+    # max of the map at the detector's own size, against max after the resize to the map size
+    assert abs(float(scores["max"]["score_detector"]) - float(scores["max"]["score_before"])) < 0.01
+    assert 0.0 <= float(scores["clip"]["score_detector"]) <= 1.0
+    assert scores["clip"]["score_detector"] != scores["max"]["score_detector"]

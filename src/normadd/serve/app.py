@@ -32,7 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from torch import Tensor
 
 from normadd.errors import ImageLoadError, InvalidTextError, NormaddError
-from normadd.images import load_image_bytes
+from normadd.images import DEFAULT_RESIZE, load_image_bytes
 from normadd.normality.addition import AdditionResult
 from normadd.registry.errors import (
     DuplicateNormalityError,
@@ -219,8 +219,10 @@ def _png_base64(picture: Any) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def _maps(result: AdditionResult, index: int, data: bytes, name: str) -> schemas.MapsOut:
-    image = load_image_bytes(data, MAP_SIZE, name)
+def _maps(
+    result: AdditionResult, index: int, data: bytes, name: str, resize: str = DEFAULT_RESIZE
+) -> schemas.MapsOut:
+    image = load_image_bytes(data, MAP_SIZE, name, resize=resize)
     vmax = float(result.before[index].max()) or 1.0  # before and after on one scale, so they compare honestly
     return schemas.MapsOut(
         before=_png_base64(heat_overlay(image, result.before[index], vmax)),
@@ -327,11 +329,12 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
         contents = [await upload.read() for upload in images]
         names = [(upload.filename or f"image{i + 1}")[:MAX_NAME_CHARS] for i, upload in enumerate(images)]
         size = served.model.input_size
+        resize = str(served.model.line.settings.get("resize", DEFAULT_RESIZE))  # the line's squash or letterbox
 
         def decode() -> Tensor:
             return torch.stack(
                 [
-                    load_image_bytes(data, size, name, settings.max_image_pixels)
+                    load_image_bytes(data, size, name, settings.max_image_pixels, resize)
                     for data, name in zip(contents, names, strict=True)
                 ]
             )
@@ -349,7 +352,8 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
         overlays = (
             await run(
                 lambda: [
-                    _maps(result, i, data, name) for i, (data, name) in enumerate(zip(contents, names, strict=True))
+                    _maps(result, i, data, name, resize)
+                    for i, (data, name) in enumerate(zip(contents, names, strict=True))
                 ]
             )
             if maps
