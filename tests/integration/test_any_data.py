@@ -236,3 +236,37 @@ def test_image_score_clip_writes_aprilgans_own_score_beside_the_map_scores(tmp_p
     assert abs(float(scores["max"]["score_detector"]) - float(scores["max"]["score_before"])) < 0.01
     assert 0.0 <= float(scores["clip"]["score_detector"]) <= 1.0
     assert scores["clip"]["score_detector"] != scores["max"]["score_detector"]
+
+
+def test_registry_tables_show_markup_and_hostile_texts_as_typed(tmp_path: Path) -> None:
+    db = str(tmp_path / "registry.db")
+    created = runner.invoke(app, ["line", "create", "[red]line", "-c", "part", *TINY, "--db", db])
+    assert created.exit_code == 0, created.output
+    assert "[red]line" in created.output
+    added = runner.invoke(app, ["normality", "add", "[red]line", "[bold]scratch</b>", "--db", db])
+    assert added.exit_code == 0, added.output
+    listed = runner.invoke(app, ["normality", "list", "[red]line", "--db", db], env={"COLUMNS": "200"})
+    assert "[bold]scratch</b>" in listed.output
+
+
+def test_training_data_names_each_class_by_its_object_and_letterboxes_masks(tmp_path: Path) -> None:
+    from normadd.training.dataset import MaskedImageDataset
+
+    root = _non_square_dataset(tmp_path / "data")
+    dataset = MaskedImageDataset.from_mvtec(root, 32, resize="letterbox", object_names={"mtd": "magnetic tile"})
+    assert dataset.prompt_objects == ["magnetic tile"]
+    index = next(i for i, sample in enumerate(dataset.samples) if sample.mask is not None)
+    image, mask, _ = dataset[index]
+    assert image[:, :8].max() == 0 and mask[:8].max() == 0  # letterbox border: black, no defect
+    assert MaskedImageDataset.from_mvtec(root, 32).prompt_objects == ["mtd"]
+
+
+def test_serve_options_override_the_service_yaml(tmp_path: Path) -> None:
+    from normadd.cli.options import apply_line_options
+    from normadd.serve.settings import ServiceConfig
+
+    path = tmp_path / "service.yaml"
+    path.write_text("class_name: part\nbackbone: tiny-random\nservice:\n  api_keys: {station: secret-key-1}\n")
+    settings = ServiceConfig.from_yaml(path)
+    line = apply_line_options(settings.line_config, object_name="magnetic tile", resize="letterbox")
+    assert (line.prompt_object, line.resize, line.backbone) == ("magnetic tile", "letterbox", "tiny-random")

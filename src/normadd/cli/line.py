@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from normadd.cli import options as opt
-from normadd.cli.common import friendly_errors, quiet_libraries
+from normadd.cli.common import friendly_errors, inert, quiet_libraries
 from normadd.registry.store import DEFAULT_DATABASE, Registry
 
 DbOption = Annotated[Path, typer.Option("--db", help="Registry database file.")]
@@ -93,7 +93,7 @@ def register(app: typer.Typer) -> None:
         )
         with Registry(db) as registry:
             create_line(registry, name, config, who or default_who(), why)
-            out.print(f"created line '{name}' ({config.class_name}, {config.backbone}) in {db}", highlight=False)
+            out.print(inert(f"created line '{name}' ({config.class_name}, {config.backbone}) in {db}"), highlight=False)
 
     @command(line_app, "show")
     def line_show(
@@ -106,17 +106,17 @@ def register(app: typer.Typer) -> None:
                 table = Table("line", "class", "detector", "backbone", "normalities", "created")
                 for line in registry.lines():
                     active = ", ".join(n.name for n in registry.normalities(line.name)) or "-"
-                    table.add_row(line.name, line.class_name, line.detector, line.backbone, active, line.created_at)
+                    _add_row(table, line.name, line.class_name, line.detector, line.backbone, active, line.created_at)
                 out.print(table)
                 return
             line = registry.line(name)
             table = Table("setting", "value", title=f"line {name}")
             for key in ("class_name", "detector", "backbone", "weights", "projections", "layers", "phrase_generator"):
                 value = getattr(line, key)
-                table.add_row(key, "-" if value is None else str(value))
+                _add_row(table, key, "-" if value is None else str(value))
             for key, value in sorted(line.settings.items()):
-                table.add_row(key, str(value))
-            table.add_row("created_at", line.created_at)
+                _add_row(table, key, str(value))
+            _add_row(table, "created_at", line.created_at)
             out.print(table)
             _print_normalities(out, registry, name)
 
@@ -140,8 +140,10 @@ def register(app: typer.Typer) -> None:
             model = LineModel.load(registry, line, resolve_runtime(device))
             added = model.add(registry, text, strength, who or default_who(), why, name)
             out.print(
-                f"added normality '{added.name}' (strength {added.strength:g}) to line '{line}': "
-                f"{', '.join(added.phrases)}",
+                inert(
+                    f"added normality '{added.name}' (strength {added.strength:g}) to line '{line}': "
+                    f"{', '.join(added.phrases)}"
+                ),
                 highlight=False,
             )
 
@@ -165,7 +167,7 @@ def register(app: typer.Typer) -> None:
         """Make a defect type anomalous again on a line."""
         with Registry(db) as registry:
             removed = registry.remove_normality(line, name, who or default_who(), why)
-            out.print(f"removed normality '{removed.name}' from line '{line}'", highlight=False)
+            out.print(inert(f"removed normality '{removed.name}' from line '{line}'"), highlight=False)
 
     @app.command("audit")
     @friendly_errors
@@ -189,16 +191,21 @@ def register(app: typer.Typer) -> None:
             return
         table = Table("id", "at", "line", "action", "who", "why", "details")
         for entry in entries:
-            table.add_row(
+            _add_row(table,
                 str(entry.id), entry.at, entry.line, entry.action, entry.who, entry.why, _summary(entry.details)
             )
         out.print(table)
 
 
+def _add_row(table: Table, *cells: str) -> None:
+    """A table row of user-derived text: control characters and rich markup shown as typed, never applied."""
+    table.add_row(*(inert(cell) for cell in cells))
+
+
 def _print_normalities(out: Console, registry: Registry, line: str) -> None:
     table = Table("name", "text", "strength", "added by", "added at", "phrases", title=f"active normalities of {line}")
     for normality in registry.normalities(line):
-        table.add_row(
+        _add_row(table,
             normality.name,
             normality.text,
             f"{normality.strength:g}",
