@@ -96,3 +96,9 @@ def test_image_size_changes_the_run_size_and_must_fit_the_patches() -> None:
 def test_weights_random_runs_a_named_backbone_without_weights() -> None:
     encoder = ClipEncoder.from_name("tiny-random-winclip", weights="random")
     assert encoder.is_random
+
+
+def test_an_openai_tag_gets_quick_gelu_as_open_clip_gives_it_and_vit_l_keeps_aprilgans_gelu() -> None:
+    assert get_backbone_spec("ViT-B-16:openai").quick_gelu
+    assert not get_backbone_spec("ViT-B-16:laion2b_s34b_b88k").quick_gelu
+    assert not get_backbone_spec("ViT-L-14-336").quick_gelu

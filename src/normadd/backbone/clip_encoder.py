@@ -89,9 +89,12 @@ def _create_model(spec: BackboneSpec, weights: Path | None) -> open_clip.CLIP:
                 spec.open_clip_name,
                 pretrained=str(weights) if weights else None,
                 force_image_size=spec.image_size,
+                force_quick_gelu=spec.quick_gelu,
                 device="cpu",
             )
-        model = open_clip.create_model(spec.open_clip_name, force_image_size=spec.image_size, device="cpu")
+        model = open_clip.create_model(
+            spec.open_clip_name, force_image_size=spec.image_size, force_quick_gelu=spec.quick_gelu, device="cpu"
+        )
         state_dict = torch.jit.load(str(weights), map_location="cpu").state_dict()
         for key in ("input_resolution", "context_length", "vocab_size", "attn_mask"):
             state_dict.pop(key, None)

@@ -47,6 +47,9 @@ class BackboneSpec:
         std: Per-channel normalisation std.
         random_init: True for test backbones that are never meant to carry trained weights.
         seed: Seed of the random initialisation when no weights are loaded.
+        quick_gelu: Build the model with QuickGELU, as open_clip does for a ``MODEL:TAG`` whose
+            pretrained config asks for it (OpenAI's own weights). The named ViT-L-14-336 keeps
+            plain GELU, as APRIL-GAN runs it.
     """
 
     name: str
@@ -58,6 +61,7 @@ class BackboneSpec:
     std: tuple[float, float, float] = OPENAI_STD
     random_init: bool = False
     seed: int = 0
+    quick_gelu: bool = False
     hf_filenames: tuple[str, ...] = field(default=("open_clip_model.safetensors", "open_clip_pytorch_model.bin"))
 
 
@@ -130,6 +134,7 @@ def _spec_from_open_clip(name: str, open_clip_name: str, tag: str | None, config
         layers=default_layers(vision["layers"]),
         mean=mean,  # type: ignore[arg-type]
         std=std,  # type: ignore[arg-type]
+        quick_gelu=bool(pretrained.get("quick_gelu", False) or config.get("quick_gelu", False)),
     )
 
 
