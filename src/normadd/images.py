@@ -197,7 +197,7 @@ def _verify(source: Path | io.BytesIO, name: str) -> None:
         try:
             image.verify()
         except (OSError, SyntaxError, ValueError) as error:
-            raise ImageLoadError(f"{name}: corrupt PNG (checksum or structure error: {error})") from None
+            raise ImageLoadError(f"{name}: corrupt or truncated PNG (checksum or structure error: {error})") from None
     if isinstance(source, io.BytesIO):
         source.seek(0)
 
