@@ -163,6 +163,7 @@ class Example:
     before_map: np.ndarray
     after_map: np.ndarray
     suppression_map: np.ndarray
+    resize: str = "squash"  # how the image became square, so the report draws it under its maps
 
 
 @dataclass
@@ -708,6 +709,7 @@ class Evaluator:
                     maps.before_maps[i].float().numpy(),
                     maps.after_maps[i, k].float().numpy(),
                     suppression.numpy(),
+                    self.settings.resize,
                 )
             )
         return examples

@@ -31,7 +31,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from torch import Tensor
 
-from normadd.errors import ImageLoadError, InvalidTextError, NormaddError
+from normadd.errors import ImageLoadError, InvalidTextError, NormaddError, printable
 from normadd.images import DEFAULT_RESIZE, load_image_bytes
 from normadd.normality.addition import AdditionResult
 from normadd.registry.errors import (
@@ -178,7 +178,7 @@ class Service:
             logger.warning(
                 "line '%s' in %s has other settings than the config: the registry's are used "
                 "(create a new line to change them)",
-                stored.name,
+                printable(stored.name),
                 self.registry.path,
             )
         return None
@@ -476,7 +476,7 @@ def _add_error_handlers(app: FastAPI) -> None:
         return handler
 
     async def unexpected(request: Request, error: Exception) -> JSONResponse:
-        logger.exception("unexpected error on %s %s", request.method, request.url.path)
+        logger.exception("unexpected error on %s %s", request.method, printable(request.url.path))
         detail = f"internal error ({type(error).__name__}): please report it"
         return JSONResponse({"error": "internal", "detail": detail}, status_code=500)
 
