@@ -270,3 +270,19 @@ def test_serve_options_override_the_service_yaml(tmp_path: Path) -> None:
     settings = ServiceConfig.from_yaml(path)
     line = apply_line_options(settings.line_config, object_name="magnetic tile", resize="letterbox")
     assert (line.prompt_object, line.resize, line.backbone) == ("magnetic tile", "letterbox", "tiny-random")
+
+
+@pytest.mark.parametrize("command", ["evaluate", "train-projections"])
+def test_no_readable_dataset_image_is_said_before_any_model_loads(tmp_path: Path, command: str) -> None:
+    root = _non_square_dataset(tmp_path / "data")
+    for image in (root / "mtd" / "test").rglob("*.png"):
+        image.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    args = ["--data", str(root), "--backbone", "ViT-L-14-336", "--out", str(tmp_path / "out")]
+    if command == "train-projections":
+        args[-1] = str(tmp_path / "out.pth")
+    result = runner.invoke(app, [command, *args])
+    assert result.exit_code == 2, result.output
+    message = " ".join(result.output.split())
+    assert "no weights" not in message  # ViT-L-14-336 has none here: the model was never loaded
+    # evaluate: the whole run; train: its dataset check already names the first unreadable image with a mask
+    assert "no readable input" in message if command == "evaluate" else "000.png: not an image file" in message

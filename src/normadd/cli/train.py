@@ -42,6 +42,8 @@ def train_projections(
     --object-name) mean what they mean for inspect; --object-name needs a single class (--classes).
     """
     from normadd.backbone.clip_encoder import ClipEncoder
+    from normadd.backbone.specs import get_backbone_spec
+    from normadd.images import first_readable
     from normadd.runtime import resolve_runtime
     from normadd.training.dataset import MaskedImageDataset
     from normadd.training.trainer import ProjectionTrainer, StepReport, TrainingSettings
@@ -66,22 +68,21 @@ def train_projections(
     runtime = resolve_runtime(device, precision)
     if runtime.note:
         say("note:", runtime.note)
-    encoder = ClipEncoder.from_name(
-        line.backbone,
-        weights=line.weights,
-        layers=tuple(line.layers) if line.layers else None,
-        runtime=runtime,
-        image_size=line.image_size,
-    )
-    if encoder.is_random:
-        say("[yellow]warning:[/]", encoder.description)
+    layers_tuple = tuple(line.layers) if line.layers else None
+    spec = get_backbone_spec(line.backbone, layers_tuple, line.image_size)  # the run size, before any model loads
     object_names = {class_list[0]: object_name} if object_name is not None and class_list else {}
     if line.object_name is not None and class_list is not None and len(class_list) == 1:
         object_names.setdefault(class_list[0], line.object_name)
     with console.status("checking images and masks"):
         dataset = MaskedImageDataset.from_mvtec(
-            data, encoder.image_size, class_list, resize=line.resize, object_names=object_names
+            data, spec.image_size, class_list, resize=line.resize, object_names=object_names
         )
+        first_readable([sample.image for sample in dataset.samples])
+    encoder = ClipEncoder.from_name(
+        line.backbone, weights=line.weights, layers=layers_tuple, runtime=runtime, image_size=line.image_size
+    )
+    if encoder.is_random:
+        say("[yellow]warning:[/]", encoder.description)
     with_masks = sum(sample.mask is not None for sample in dataset.samples)
     say(
         "",

@@ -52,7 +52,7 @@ from normadd.evaluation.protocol import (
     still_anomalous_subset,
 )
 from normadd.factory import build_addition
-from normadd.images import load_batch
+from normadd.images import first_readable, load_batch
 from normadd.normality.addition import NormalityAddition
 from normadd.normality.suppression import check_map, keep_factor, resize_maps
 from normadd.normality.text_normality import AddedNormality
@@ -403,6 +403,7 @@ class Evaluator:
         configured = read_groups_file(settings.groups_file) if settings.groups_file else mvtec_groups()
         class_names = settings.classes or available
         evaluations: list[ClassEvaluation] = []
+        test_sets: list[ClassTestSet] = []
         for class_name in class_names:
             try:
                 test_set = read_class(settings.data, class_name)
@@ -411,6 +412,10 @@ class Evaluator:
                 continue
             for line in test_set.notes:
                 self.note(line)
+            test_sets.append(test_set)
+        if test_sets:  # no readable image at all: say so before any model loads
+            first_readable([image.path for test_set in test_sets for image in test_set.images])
+        for test_set in test_sets:
             evaluation = self.evaluate_class(test_set, configured)
             if evaluation is not None:
                 evaluations.append(evaluation)
