@@ -58,8 +58,10 @@ def run_inspection(
     runtime = resolve_runtime(device, precision)
     if runtime.note:
         say("note:", runtime.note)
-    with progress_bar() as progress:
+    with progress_bar() as progress:  # a spinner while loading; a PatchCore fit adds its own bars
+        loading = progress.add_task("loading model and encoding texts", total=None)
         model = build_addition(config, runtime, ProgressBars(progress))
+        progress.update(loading, total=1, completed=1)
     encoder = model.normality_detector.encoder
     if encoder.is_random:
         say("[yellow]warning:[/]", encoder.description)
