@@ -109,6 +109,9 @@ def test_patchcore_without_backbone_weights(bottle_dir: Path, tmp_path: Path, mo
 def test_winclip_without_weights_names_the_detector_option(bottle_dir: Path, tmp_path: Path) -> None:
     message = _inspect(bottle_dir, tmp_path, "--detector", "winclip")
     assert "no weights for backbone 'ViT-B-16-plus-240'" in message and "--detector-weights PATH" in message
+    # The hint for running without weights names the detector's flag, not --backbone/--weights (issue 16).
+    assert "--detector-weights random" in message and "--backbone tiny-random" not in message
+    assert "--weights" not in message.replace("--detector-weights", "")
 
 
 @pytest.mark.parametrize(
