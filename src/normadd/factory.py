@@ -50,5 +50,5 @@ def build_addition(
     for setting in config.normalities:
         addition.add(setting.text, setting.strength, setting.name)
     for example in config.examples:
-        addition.add_example(example.images, example.masks, example.strength, example.name)
+        addition.add_example(example.images, example.masks, example.strength, example.name, config.resize)
     return addition

@@ -286,3 +286,19 @@ def test_no_readable_dataset_image_is_said_before_any_model_loads(tmp_path: Path
     assert "no weights" not in message  # ViT-L-14-336 has none here: the model was never loaded
     # evaluate: the whole run; train: its dataset check already names the first unreadable image with a mask
     assert "no readable input" in message if command == "evaluate" else "000.png: not an image file" in message
+
+
+def test_visual_normality_examples_are_letterboxed_like_the_inspected_images(tmp_path: Path) -> None:
+    from normadd.normality.visual import load_examples
+
+    image = _gray_jpeg(tmp_path / "wide.jpg", size=(80, 40))
+    mask = tmp_path / "wide_mask.png"
+    array = np.zeros((40, 80), dtype=np.uint8)
+    array[:, :40] = 255  # the left half
+    Image.fromarray(array).save(mask)
+    boxed = load_examples([image], [mask], 32, "letterbox")
+    assert boxed.images[0, :, :8].max() == 0  # black border above, as inspect letterboxes
+    assert boxed.masks[0] is not None and boxed.masks[0].shape == (80, 80)
+    assert boxed.masks[0][:20].max() == 0 and boxed.masks[0][20:60, :40].min() == 1
+    squashed = load_examples([image], [mask], 32)
+    assert squashed.masks[0] is not None and squashed.masks[0].shape == (40, 80)
