@@ -302,3 +302,15 @@ def test_visual_normality_examples_are_letterboxed_like_the_inspected_images(tmp
     assert boxed.masks[0][:20].max() == 0 and boxed.masks[0][20:60, :40].min() == 1
     squashed = load_examples([image], [mask], 32)
     assert squashed.masks[0] is not None and squashed.masks[0].shape == (40, 80)
+
+
+def test_evaluate_shows_the_patchcore_fit_and_takes_detector_weights(tmp_path: Path) -> None:
+    root = _non_square_dataset(tmp_path / "data")
+    _mixed_size_references(root / "mtd" / "train" / "good")
+    result = runner.invoke(
+        app,
+        ["evaluate", "--data", str(root), *TINY, "--detector", "patchcore", "--detector-backbone", "resnet18",
+         "--detector-weights", "random", "--no-cache", "--out", str(tmp_path / "out")],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "PatchCore fit: features" in result.output and "PatchCore fit: coreset" in result.output

@@ -10,6 +10,7 @@ groups added at once. Bad input is reported as notes and the run goes on with th
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import time
 from collections.abc import Callable, Sequence
@@ -372,14 +373,15 @@ class Evaluator:
         settings: EvaluationSettings,
         progress: ProgressHook | None = None,
         on_note: Callable[[str], None] | None = None,
-        build: Callable[[LineConfig, Runtime | None], NormalityAddition] = build_addition,
+        build: Callable[[LineConfig, Runtime | None], NormalityAddition] | None = None,
     ) -> None:
         if settings.batch_size < 1:
             raise NormaddError("--batch-size must be at least 1")
         self.settings = settings
         self.progress = progress or NoProgress()
         self.on_note = on_note
-        self.build = build
+        # The factory by default, showing a PatchCore fit (features, then coreset) on the progress display.
+        self.build = build or functools.partial(build_addition, progress=self.progress)
         self.notes: list[str] = []
         self.cost = CostCounts()
         self.model_description = ""
