@@ -314,3 +314,11 @@ def test_evaluate_shows_the_patchcore_fit_and_takes_detector_weights(tmp_path: P
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "PatchCore fit: features" in result.output and "PatchCore fit: coreset" in result.output
+
+
+def test_evaluate_memory_bank_needs_one_class(tmp_path: Path) -> None:
+    root = _non_square_dataset(tmp_path / "data")
+    args = ["evaluate", "--data", str(root), *TINY, "--detector", "patchcore", "--memory-bank", str(tmp_path / "b.pt")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert "--memory-bank holds one class's PatchCore memory" in " ".join(result.output.split())

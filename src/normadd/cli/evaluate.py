@@ -140,6 +140,11 @@ def register(app: typer.Typer) -> None:
             detector_backbone=detector_backbone,
             detector_weights=detector_weights,
         )
+        if line.memory_bank is not None and (class_list is None or len(class_list) != 1):
+            raise NormaddError(
+                "--memory-bank holds one class's PatchCore memory: pass --classes with one class, "
+                "or leave it out to fit each class on its train/good images"
+            )
         object_names = read_object_names(groups)
         if object_name is not None and class_list is not None:
             object_names[class_list[0]] = object_name
