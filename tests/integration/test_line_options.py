@@ -37,7 +37,7 @@ SHARED_LINE_FLAGS = {
     "--memory-bank",
 }
 # Commands that build a full line (APRIL-GAN or another detector plus the normality detector).
-LINE_COMMANDS = (("inspect",), ("evaluate",), ("serve",), ("line", "create"))
+LINE_COMMANDS = (("inspect",), ("evaluate",), ("serve",), ("line", "create"), ("calibrate",))
 # train-projections builds the CLIP encoder and reads a dataset, never a detector.
 TRAIN_FLAGS = {"--config", "--object-name", "--backbone", "--weights", "--layers", "--image-size", "--resize"}
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z-]+")
