@@ -256,7 +256,7 @@ def _preview_out(report: PreviewReport) -> schemas.PreviewOut:
     for index, map_ in report.suppression.items():
         source = report.images[index]
         data = source if isinstance(source, bytes) else Path(source).read_bytes()
-        image = load_image_bytes(data, MAP_SIZE, items[index].image)
+        image = load_image_bytes(data, MAP_SIZE, items[index].image, resize=report.resize)
         pixels = (image.permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
         items[index].thumbnail = _png_base64(Image.fromarray(pixels))
         items[index].suppression = _png_base64(heat_overlay(image, map_, 1.0))
