@@ -3,6 +3,7 @@
 The CLI, the Python API (and later the service) build the same :class:`LineConfig`::
 
     class_name: bottle
+    object_name: glass bottle # the word in the prompts (default: class_name, "_" as spaces)
     backbone: ViT-L-14-336
     weights: /models/ViT-L-14-336.pt
     projections: /models/aprilgan_visa.pth
@@ -13,6 +14,8 @@ The CLI, the Python API (and later the service) build the same :class:`LineConfi
     examples:                 # visual normalities: example images, optional masks
       - images: [scuff_01.png]
         masks: [scuff_01_mask.png]
+    resize: squash            # or letterbox (aspect kept, black borders); masks follow
+    image_score: max          # or clip (APRIL-GAN's own pooled-embedding score)
     threshold: 0.42           # decisions: NG when the score is above it (normadd calibrate finds one)
     pixel_size_mm: 0.05       # for acceptance limits in mm
 
@@ -31,12 +34,15 @@ import yaml
 from normadd.backbone.specs import DEFAULT_BACKBONE
 from normadd.detectors.registry import check_detector_name
 from normadd.errors import NormaddError
+from normadd.images import DEFAULT_RESIZE, check_resize_mode
 from normadd.normality.text_normality import parse_normality
+from normadd.prompts.templates import default_object_name
 from normadd.prompts.validation import clean_text
 
 PHRASE_GENERATORS = ("offline", "llm")
 FEATURE_PRECISIONS = ("float32", "float16", "int8")
 DEFAULT_FEATURE_PRECISION = "float16"  # chosen by measurement: docs/how-to/preview-and-go-live.md
+IMAGE_SCORES = ("max", "clip")
 
 
 def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
@@ -155,6 +161,11 @@ class LineConfig:
     weights: str | None = None
     projections: str | None = None
     layers: list[int] | None = None
+    # The word for the object in every prompt; the class folder name (``_`` as spaces) when None.
+    object_name: str | None = None
+    image_size: int | None = None
+    resize: str = DEFAULT_RESIZE
+    image_score: str = "max"
     phrase_generator: str = "offline"
     normalities: list[NormalitySetting] = field(default_factory=list)
     examples: list[ExampleSetting] = field(default_factory=list)
@@ -182,12 +193,19 @@ class LineConfig:
         from normadd.decisions.thresholds import check_threshold
 
         self.class_name = clean_text(self.class_name, "class name")
+        if self.object_name is not None:
+            self.object_name = clean_text(self.object_name, "object name")
         RetentionSettings.from_setting(self.retain)
         if self.approval not in ("none", "required"):
             raise NormaddError(f"approval '{self.approval}' is unknown: use none or required")
         if not float(self.approval_expires_hours) > 0:
             raise NormaddError(f"approval_expires_hours must be above 0, got {self.approval_expires_hours}")
         check_detector_name(self.detector)
+        check_resize_mode(self.resize)
+        if self.image_score not in IMAGE_SCORES:
+            raise NormaddError(f"image_score '{self.image_score}' is unknown: use {' or '.join(IMAGE_SCORES)}")
+        if self.image_size is not None and (not isinstance(self.image_size, int) or self.image_size < 16):
+            raise NormaddError(f"image_size {self.image_size!r} must be a whole number of pixels, at least 16")
         if self.threshold is not None:
             self.threshold = check_threshold(self.threshold)
         self.pixel_size_mm = check_pixel_size(self.pixel_size_mm)
@@ -201,6 +219,11 @@ class LineConfig:
             raise NormaddError(
                 f"phrase_generator '{self.phrase_generator}' is unknown: use {' or '.join(PHRASE_GENERATORS)}"
             )
+
+    @property
+    def prompt_object(self) -> str:
+        """The object word the prompts use: ``object_name``, else the class name with ``_`` as spaces."""
+        return self.object_name or default_object_name(self.class_name)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> LineConfig:
@@ -246,11 +269,20 @@ def config_from_options(
     backbone: str | None = None,
     weights: str | Path | None = None,
     projections: str | Path | None = None,
+    **overrides: Any,
 ) -> LineConfig:
     """The line config a command builds: the YAML file if given, then the options that override it.
 
+    Args:
+        config_file: A line YAML file, or None.
+        class_name: Overrides the file's class name (required without a file).
+        backbone: Overrides ``backbone``.
+        weights: Overrides ``weights``.
+        projections: Overrides ``projections`` (a name such as ``aprilgan-visa`` or a path).
+        **overrides: Any other :class:`LineConfig` field by name; None leaves the file's value.
+
     Raises:
-        NormaddError: Neither a config file nor a class name, or a bad config file.
+        NormaddError: Neither a config file nor a class name, a bad config file, or a bad value.
     """
     if config_file is not None:
         config = LineConfig.from_yaml(config_file)
@@ -258,12 +290,25 @@ def config_from_options(
         raise NormaddError("--class-name is required (or --config line.yaml): e.g. --class-name bottle")
     else:
         config = LineConfig(class_name=class_name)
-    if class_name is not None:
-        config.class_name = clean_text(class_name, "class name")
-    if backbone is not None:
-        config.backbone = backbone
-    if weights is not None:
-        config.weights = str(weights)
-    if projections is not None:
-        config.projections = str(projections)
+    return apply_overrides(
+        config, class_name=class_name, backbone=backbone, weights=weights, projections=projections, **overrides
+    )
+
+
+def apply_overrides(config: LineConfig, **overrides: Any) -> LineConfig:
+    """Set every given (not None) :class:`LineConfig` field on ``config`` and check the result.
+
+    Paths become strings, as a YAML file would hold them.
+
+    Raises:
+        NormaddError: A value the config refuses (one line).
+        TypeError: A name that is not a config field (a programming error).
+    """
+    known = set(LineConfig.__dataclass_fields__)
+    for key, value in overrides.items():
+        if key not in known:
+            raise TypeError(f"unknown line setting '{key}'")
+        if value is not None:
+            setattr(config, key, str(value) if isinstance(value, Path) else value)
+    config.__post_init__()  # check the overridden values as a file's would be
     return config

@@ -6,11 +6,41 @@ Nothing here ever carries a traceback to the user.
 
 from __future__ import annotations
 
+import unicodedata
+
+# Characters that move the cursor or reorder text although they are not category Cc.
+_INVISIBLE_CONTROLS = {"\u2028", "\u2029", *map(chr, range(0x202A, 0x202F)), *map(chr, range(0x2066, 0x206A))}
+
+
+def printable(text: str) -> str:
+    r"""``text`` with every control character written as an escape (``\x1b``, ``\x00``, ``\u202e``).
+
+    User input (a text, a file name) reaches error lines and logs; a terminal escape sequence or
+    a NUL in it must arrive there inert and visible, never raw.
+    """
+    if text.isprintable():
+        return text
+    out = []
+    for char in text:
+        if char == " " or (char.isprintable() and char not in _INVISIBLE_CONTROLS):
+            out.append(char)
+        elif unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn") or char in _INVISIBLE_CONTROLS:
+            out.append(repr(char)[1:-1] if ord(char) < 0x10000 else f"\\U{ord(char):08x}")
+        else:
+            out.append(char)
+    return "".join(out)
+
 
 class NormaddError(Exception):
-    """Base class of every error normadd reports to a user as one clear line."""
+    """Base class of every error normadd reports to a user as one clear line.
+
+    Its text is always :func:`printable`: control characters from user input arrive escaped.
+    """
 
     exit_code: int = 2
+
+    def __str__(self) -> str:
+        return printable(super().__str__())
 
 
 class UnknownBackboneError(NormaddError, ValueError):

@@ -1,9 +1,12 @@
 """Run a normality addition over image files and write maps, overlays and ``scores.csv``.
 
-Per image: ``<stem>_before.png``, ``<stem>_after.png`` and ``<stem>_suppression.png`` (heat-map
-overlays, before/after on one colour scale), then one ``scores.csv`` (image, score_before,
-score_after, …) and ``run.json`` (model, normalities with their phrases, failures). Unreadable
-images are listed as failures; the rest of the batch still runs. Given a
+Per image: ``<name>_before.png``, ``<name>_after.png`` and ``<name>_suppression.png`` (heat-map
+overlays, before/after on one colour scale), optionally the raw float maps (``save_maps="npy"`` or
+``"tiff"``: ``<name>_before``, ``_suppression`` and ``_after`` at the map size), then one
+``scores.csv`` (image, score_before, score_after, …) and ``run.json`` (model, normalities with
+their phrases, each input path with its output name, failures). Output names are unique and say
+which file they came from (:func:`normadd.images.output_stems`). Unreadable images are listed as
+failures; the rest of the batch still runs. Given a
 :class:`~normadd.decisions.policy.DecisionPolicy`, each row also carries its verdicts (issue 11):
 ``verdict_before``, ``verdict_after``, ``accepted_by``, ``threshold``, ``verdict_reason``.
 """
@@ -18,8 +21,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+from PIL import Image
+
 from normadd.cache import atomic_write_bytes
-from normadd.images import LoadFailure, load_batch, output_stems
+from normadd.errors import NormaddError
+from normadd.images import DEFAULT_RESIZE, LoadFailure, load_batch, output_stems
 from normadd.normality.addition import AdditionResult, NormalityAddition
 from normadd.visualize import heat_overlay, save_png, with_caption
 
@@ -27,8 +34,40 @@ if TYPE_CHECKING:
     from normadd.decisions.policy import DecisionPolicy
     from normadd.decisions.verdicts import Decision
 
-SCORE_COLUMNS = ("image", "score_before", "score_after", "normalities", "model")
+# score_detector: the detector's own image score (max of its native-size map, or with
+# image_score: clip APRIL-GAN's pooled-embedding score, WinCLIP's native score).
+SCORE_COLUMNS = ("image", "score_before", "score_after", "normalities", "model", "score_detector")
+# Issue 11's verdict columns come after every score column (old readers by name unaffected).
 DECISION_COLUMNS = ("verdict_before", "verdict_after", "accepted_by", "threshold", "verdict_reason")
+MAP_FORMATS = ("npy", "tiff")
+
+
+def check_map_format(save_maps: str | None) -> str | None:
+    """Return ``save_maps`` when it is None or a known format.
+
+    Raises:
+        NormaddError: An unknown format.
+    """
+    if save_maps is not None and save_maps not in MAP_FORMATS:
+        raise NormaddError(f"--save-maps '{save_maps}' is unknown: choose {' or '.join(MAP_FORMATS)}")
+    return save_maps
+
+
+def _write_raw_maps(result: AdditionResult, index: int, stem: str, out_dir: Path, save_maps: str) -> None:
+    """The float maps before, suppression (1 - keep) and after, at the map size, as .npy or 32-bit float TIFF."""
+    maps = {
+        "before": result.before[index],
+        "suppression": 1.0 - result.keep[index],
+        "after": result.after[index],
+    }
+    for kind, tensor in maps.items():
+        array = tensor.detach().float().cpu().numpy().astype(np.float32)
+        buffer = io.BytesIO()
+        if save_maps == "npy":
+            np.save(buffer, array)
+        else:
+            Image.fromarray(array, mode="F").save(buffer, format="TIFF")
+        atomic_write_bytes(out_dir / f"{stem}_{kind}.{save_maps}", buffer.getvalue())
 
 
 @dataclass
@@ -39,6 +78,7 @@ class ScoreRow:
     score_before: float
     score_after: float
     output_stem: str
+    score_detector: float | None = None
     decision: Decision | None = None
 
 
@@ -78,6 +118,8 @@ def inspect_images(
     out_dir: str | Path,
     batch_size: int = 4,
     on_progress: Callable[[int], None] | None = None,
+    resize: str = DEFAULT_RESIZE,
+    save_maps: str | None = None,
     policy: DecisionPolicy | None = None,
 ) -> InspectionReport:
     """Inspect ``paths`` before and after the added normalities; write everything to ``out_dir``.
@@ -88,9 +130,12 @@ def inspect_images(
         out_dir: Output folder (created).
         batch_size: Images per forward pass.
         on_progress: Called with the number of images handled after each batch.
+        resize: How images become square: ``squash`` or ``letterbox``.
+        save_maps: Also write the raw float maps: ``npy``, ``tiff`` or None.
         policy: The line's decisions (threshold, limits); rows then carry verdicts, and
             normalities with limits suppress only what they may let through.
     """
+    check_map_format(save_maps)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     encoder = model.normality_detector.encoder
@@ -106,7 +151,7 @@ def inspect_images(
     prepare_batch = getattr(model.detector, "prepare_batch", None)
     for start in range(0, len(paths), batch_size):
         chunk = list(paths[start : start + batch_size])
-        loaded, images, failures = load_batch(chunk, model.input_size)
+        loaded, images, failures = load_batch(chunk, model.input_size, resize)
         report.failures += failures
         if images is not None:
             if callable(prepare_batch):
@@ -121,12 +166,15 @@ def inspect_images(
                 result, decisions = decided.result, list(decided.decisions)
             for i, path in enumerate(loaded):
                 _write_overlays(result, i, images[i], stems[path], out, metadata, encoder.is_random)
+                if save_maps is not None:
+                    _write_raw_maps(result, i, stems[path], out, save_maps)
                 report.rows.append(
                     ScoreRow(
                         str(path),
                         float(result.before_scores[i]),
                         float(result.after_scores[i]),
                         stems[path],
+                        float(result.detector_scores[i]),
                         decisions[i],
                     )
                 )
@@ -142,7 +190,15 @@ def _write_scores(report: InspectionReport, path: Path, normalities: str) -> Non
     writer = csv.writer(buffer)
     writer.writerow(SCORE_COLUMNS + (DECISION_COLUMNS if report.decided else ()))
     for row in report.rows:
-        values = [row.image, f"{row.score_before:.6f}", f"{row.score_after:.6f}", normalities, report.model]
+        detector_score = "" if row.score_detector is None else f"{row.score_detector:.6f}"
+        values = [
+            row.image,
+            f"{row.score_before:.6f}",
+            f"{row.score_after:.6f}",
+            normalities,
+            report.model,
+            detector_score,
+        ]
         if report.decided and row.decision is not None:
             decision = row.decision
             threshold = "" if decision.threshold is None else repr(decision.threshold)

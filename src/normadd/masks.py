@@ -1,9 +1,10 @@
 """Reading defect masks: binary, the same pixel size as their image, or one clear error line.
 
 A mask is any single- or multi-channel image whose non-zero pixels mark the defect (MVTec AD
-stores 0/255, other sets 0/1). For training, masks are squash-resized to the run size like their
-images, bilinearly, and thresholded at 0.5 (APRIL-GAN's target transform; see
-``../shared/paper/aprilgan_spec.md``).
+stores 0/255, other sets 0/1). For training, masks are resized to the run size like their images
+(squashed by default, or letterboxed), bilinearly, and thresholded at 0.5 (APRIL-GAN's target
+transform; see ``../shared/paper/aprilgan_spec.md``). EXIF orientation is applied to masks as to
+images, so sizes compare upright.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ from PIL import Image
 from torch import Tensor
 
 from normadd.errors import ImageLoadError, InvalidMaskError
-from normadd.images import open_rgb
+from normadd.images import DEFAULT_RESIZE, check_resize_mode, letterbox_box, open_rgb
+
+_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 
 def image_size_of(path: str | Path) -> tuple[int, int]:
-    """(width, height) of an image file, reading only its header.
+    """Upright (width, height) of an image file (EXIF orientation applied), reading only its header.
 
     Raises:
         ImageLoadError: The file is missing or not an image.
@@ -31,7 +34,10 @@ def image_size_of(path: str | Path) -> tuple[int, int]:
         raise ImageLoadError(f"{path}: file not found")
     try:
         with Image.open(path) as image:
-            return image.size
+            width, height = image.size
+            if image.getexif().get(0x0112) in _TRANSPOSING_ORIENTATIONS:
+                return height, width
+            return width, height
     except (OSError, SyntaxError, ValueError):
         raise ImageLoadError(f"{path}: not an image file PIL can read (corrupt or wrong format)") from None
 
@@ -75,10 +81,20 @@ def binary_mask_tensor(mask: Tensor, what: str) -> Tensor:
     return (mask.float() > 0.5).float()
 
 
-def resize_mask(mask: Tensor, size: int) -> Tensor:
-    """Squash-resize a 0/1 mask (H, W) to (size, size): bilinear (antialiased, as PIL), then > 0.5."""
+def resize_mask(mask: Tensor, size: int, resize: str = DEFAULT_RESIZE) -> Tensor:
+    """Resize a 0/1 mask (H, W) to (size, size) as its image is: bilinear (antialiased, as PIL), then > 0.5.
+
+    ``squash`` stretches to the square; ``letterbox`` keeps the aspect ratio and pads with 0
+    (no defect) exactly where :func:`normadd.images.to_tensor` pads the image with black.
+    """
     if mask.shape == (size, size):
         return mask
+    if check_resize_mode(resize) == "letterbox":
+        left, top, new_width, new_height = letterbox_box(int(mask.shape[1]), int(mask.shape[0]), size)
+        inner = F.interpolate(mask[None, None].float(), size=(new_height, new_width), mode="bilinear", antialias=True)
+        padded = torch.zeros(size, size)
+        padded[top : top + new_height, left : left + new_width] = (inner[0, 0] > 0.5).float()
+        return padded
     resized = F.interpolate(mask[None, None].float(), size=(size, size), mode="bilinear", antialias=True)
     return (resized[0, 0] > 0.5).float()
 

@@ -96,6 +96,22 @@ def test_calibrate_on_a_config_prints_the_keys_a_yaml_line_needs(calibrated: Cal
     assert keys["threshold_scale"] == stored.scale
 
 
+def test_calibrate_takes_the_shared_line_options_as_every_line_command(calibrated: Calibrated, tmp_path: Path) -> None:
+    config = tmp_path / "line.yaml"
+    config.write_text("class_name: bottle\nbackbone: ViT-L-14-336\n")  # --backbone overrides the file
+    good = ("--good", str(calibrated.good), "--false-reject", "0.2", "--device", "cpu")
+    with Registry(calibrated.db) as registry:
+        stored = registry.threshold(LINE)
+    assert stored is not None
+    for line in (("--config", str(config), "--backbone", "tiny-random"), ("-c", "bottle", "--backbone", "tiny-random")):
+        output = _cli("calibrate", *line, *good)
+        keys = yaml.safe_load(output[output.index("threshold:") :])
+        assert (keys["threshold"], keys["threshold_scale"]) == (stored.value, stored.scale), line
+    output = _cli("calibrate", "-c", "bottle", "--backbone", "tiny-random", "--resize", "letterbox", *good)
+    keys = yaml.safe_load(output[output.index("threshold:") :])
+    assert keys["threshold_scale"]["resize"] == "letterbox"  # a letterboxed line's threshold is its own
+
+
 def test_cli_rest_and_audit_agree_on_every_verdict(calibrated: Calibrated, tmp_path: Path) -> None:
     with Registry(calibrated.db) as registry:
         stored = registry.threshold(LINE)
@@ -185,6 +201,7 @@ def _unchanged(calibrated: Calibrated) -> tuple[object, int]:
         (("calibrate", LINE, "--false-reject", "0"), "(0, 1)"),
         (("calibrate", LINE, "--false-reject", "1.5"), "(0, 1)"),
         (("calibrate", LINE, "--false-reject", "x"), "(0, 1)"),
+        (("calibrate", LINE, "--resize", "letterbox"), "stored settings"),
     ],
 )
 def test_bad_thresholds_and_rates_are_one_line_and_change_nothing(

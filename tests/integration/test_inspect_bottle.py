@@ -46,7 +46,7 @@ def test_inspect_writes_three_overlays_per_image_and_one_scores_file(bottle_dir:
     )
     assert result.exit_code == 0, result.output
     # Same stem "000" in two folders: outputs are named apart, nothing is overwritten.
-    for stem in ("broken_large_000", "good_000"):
+    for stem in ("broken_large__000", "good__000"):
         for kind in ("before", "after", "suppression"):
             picture = Image.open(out / f"{stem}_{kind}.png")
             assert picture.mode == "RGB" and picture.width == 256

@@ -178,7 +178,7 @@ def test_a_chunked_upload_over_the_limit_is_refused_while_streaming(client: Test
         ({"text": "   "}, 422, "bad_text", ["empty"]),
         ({"text": ""}, 422, "bad_text", ["empty"]),
         ({"text": "scratch", "strength": 1.5}, 422, "invalid_request", ["strength"]),
-        ({"text": "<script>"}, 422, "bad_text", ["characters"]),
+        ({"text": "scr\x1b[2Jatch"}, 422, "bad_text", ["control characters", "scr\\x1b[2Jatch"]),
         ({"strength": 0.5}, 422, "invalid_request", ["text"]),
     ],
 )

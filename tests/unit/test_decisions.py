@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -365,3 +366,78 @@ def test_counts_split_every_part_into_good_group_and_other_defects() -> None:
     assert (counts.good_rejected_before, counts.good_rejected_after) == (1, 1)
     assert (counts.group_accepted_before, counts.group_accepted_after) == (1, 3)  # the recovered yield
     assert (counts.other_accepted_before, counts.other_accepted_after) == (0, 1)  # one dent escapes
+
+
+def _one_blob(rows: slice, cols: slice) -> AdditionResult:
+    """A 16 x 16 map with one anomalous blob, fully covered by one normality."""
+    before = torch.zeros(1, 16, 16)
+    before[0, rows, cols] = 1.0
+    suppression = torch.zeros(1, 1, 16, 16)
+    suppression[0, 0, rows, cols] = 1.0
+    return AdditionResult(
+        before=before,
+        before_scores=before.flatten(1).amax(1),
+        detector_scores=before.flatten(1).amax(1),
+        suppression=suppression,
+        keep=1 - suppression[:, 0],
+        after=before * (1 - suppression[:, 0]),
+        after_scores=torch.zeros(1),
+        names=["scratch"],
+    )
+
+
+def _limited_policy(resize: str, **limits: object) -> DecisionPolicy:
+    config = LineConfig(class_name="bottle", backbone="tiny-random", threshold=0.5, resize=resize)
+    return DecisionPolicy.from_config(config, limits={"scratch": limits})
+
+
+def test_letterbox_measures_regions_on_the_square_the_map_covers() -> None:
+    # A 32 x 64 (h x w) image letterboxed: one map pixel is 4 x 4 image pixels (squash: 2 x 4).
+    blob = _one_blob(slice(6, 8), slice(6, 8))  # 2 x 2 map pixels: 64 px² letterboxed, 32 px² squashed
+    assert _limited_policy("squash", max_area=40).apply(blob, [1.0], [(32, 64)]).decisions[0].verdict_after == "OK"
+    letterboxed = _limited_policy("letterbox", max_area=40).apply(blob, [1.0], [(32, 64)])
+    assert letterboxed.decisions[0].verdict_after == "NG"
+    assert _limited_policy("letterbox", max_area=64).apply(blob, [1.0], [(32, 64)]).decisions[0].verdict_after == "OK"
+
+
+def test_letterbox_places_a_region_mask_where_the_image_lands(tmp_path: Path) -> None:
+    from PIL import Image
+
+    region = tmp_path / "region.png"
+    Image.new("L", (64, 32), 255).save(region)  # applies on the whole (64 x 32) image
+    in_padding = _one_blob(slice(0, 2), slice(6, 8))  # rows 0-1 of 16: the letterbox's top border
+    squashed = _limited_policy("squash", region=str(region)).apply(in_padding, [1.0], [(32, 64)])
+    assert squashed.decisions[0].verdict_after == "OK"  # squashed, the mask covers the whole map
+    letterboxed = _limited_policy("letterbox", region=str(region)).apply(in_padding, [1.0], [(32, 64)])
+    assert letterboxed.decisions[0].verdict_after == "NG"  # the border is no part of the image's region
+    inside = _one_blob(slice(7, 9), slice(6, 8))
+    assert _limited_policy("letterbox", region=str(region)).apply(inside, [1.0], [(32, 64)]).decisions[
+        0
+    ].verdict_after == "OK"
+
+
+def test_image_size_is_the_upright_size_of_an_exif_rotated_photo() -> None:
+    import io
+
+    from PIL import Image
+
+    from normadd.decisions.policy import image_size
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90°: a 40 x 20 (w x h) file is inspected as 20 x 40
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 20)).save(buffer, format="JPEG", exif=exif)
+    assert image_size(buffer.getvalue()) == (40, 20)  # (height, width) upright
+    plain = io.BytesIO()
+    Image.new("RGB", (40, 20)).save(plain, format="JPEG")
+    assert image_size(plain.getvalue()) == (20, 40)
+
+
+def test_resize_and_object_name_are_part_of_the_score_scale_only_when_set() -> None:
+    base = LineConfig(class_name="bottle", backbone="tiny-random")
+    assert "resize" not in score_scale(base) and "object_name" not in score_scale(base)  # old thresholds stay valid
+    letterbox = LineConfig(class_name="bottle", backbone="tiny-random", resize="letterbox")
+    reason = stale_reason(score_scale(base), score_scale(letterbox))
+    assert reason is not None and "resize" in reason
+    named = LineConfig(class_name="bottle", backbone="tiny-random", object_name="glass bottle")
+    assert stale_reason(score_scale(base), score_scale(named)) is not None

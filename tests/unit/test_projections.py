@@ -240,3 +240,104 @@ def test_the_detector_loads_projections_from_a_file(tiny_encoder: ClipEncoder, t
     detector = AprilGanDetector.from_files(tiny_encoder, "bottle", projections=path)
     assert detector.projections.kind == "linear"
     assert "APRIL-GAN checkpoint" in detector.description
+
+
+# --- bare state dicts and named checkpoints (issue 16) -----------------------
+
+
+def test_a_bare_fc_state_dict_loads_like_the_wrapped_one(tiny_encoder: ClipEncoder, tmp_path: Path) -> None:
+    checkpoint = official_checkpoint(4, tiny_encoder.embed_dim, tiny_encoder.width, seed=5)
+    wrapped, bare = tmp_path / "wrapped.pth", tmp_path / "bare.pth"
+    torch.save(checkpoint, wrapped)
+    torch.save(checkpoint["trainable_linearlayer"], bare)
+    tokens = random_tokens(tiny_encoder)
+    from_bare = load_projections(bare, tiny_encoder)(tokens)
+    from_wrapped = load_projections(wrapped, tiny_encoder)(tokens)
+    for a, b in zip(from_bare, from_wrapped, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_bare_state_dict_of_the_wrong_shape_is_refused(tiny_encoder: ClipEncoder, tmp_path: Path) -> None:
+    path = tmp_path / "bare.pth"
+    torch.save(official_checkpoint(4, tiny_encoder.embed_dim, 7)["trainable_linearlayer"], path)
+    with pytest.raises(WeightsMismatchError, match="input width 7"):
+        load_projections(path, tiny_encoder)
+
+
+def test_a_named_checkpoint_resolves_from_the_cache(
+    tiny_encoder: ClipEncoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from normadd.cache import cache_dir
+    from normadd.detectors.projections import resolve_projections
+
+    placed = cache_dir("projections") / "visa_pretrained.pth"
+    torch.save(official_checkpoint(4, tiny_encoder.embed_dim, tiny_encoder.width), placed)
+    resolved = resolve_projections("aprilgan-visa", "tiny-random")
+    assert resolved is not None and resolved.path == placed and resolved.origin == "cache"
+    assert load_projections(resolved.path, tiny_encoder).kind == "linear"
+    # ViT-L-14-336 uses it by default once it is there; other backbones do not.
+    default = resolve_projections(None, "ViT-L-14-336")
+    assert default is not None and default.path == placed
+    assert resolve_projections(None, "tiny-random") is None
+
+
+def test_a_named_checkpoint_resolves_from_the_environment_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from normadd.detectors.projections import resolve_projections
+
+    folder = tmp_path / "projections"
+    folder.mkdir()
+    (folder / "mvtec_pretrained.pth").write_bytes(b"x")
+    monkeypatch.setenv("NORMADD_PROJECTIONS", str(folder))
+    resolved = resolve_projections("aprilgan-mvtec", "ViT-L-14-336")
+    assert resolved is not None and resolved.path == folder / "mvtec_pretrained.pth"
+    assert resolved.origin == "environment"
+
+
+def test_a_projections_file_in_the_environment_is_the_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from normadd.detectors.projections import resolve_projections
+
+    path = tmp_path / "mine.pth"
+    path.write_bytes(b"x")
+    monkeypatch.setenv("NORMADD_PROJECTIONS", str(path))
+    resolved = resolve_projections(None, "tiny-random")
+    assert resolved is not None and resolved.path == path and resolved.origin == "environment"
+
+
+def test_a_named_checkpoint_that_is_nowhere_is_one_line_naming_the_places() -> None:
+    from normadd.cache import cache_dir
+    from normadd.detectors.projections import resolve_projections
+
+    with pytest.raises(WeightsNotFoundError) as caught:
+        resolve_projections("aprilgan-visa", "ViT-L-14-336")
+    message = str(caught.value)
+    assert "visa_pretrained.pth" in message and str(cache_dir("projections")) in message
+    assert "--projections PATH" in message and "does not download" in message
+    assert "\n" not in message
+
+
+def test_without_a_cached_checkpoint_vit_l_keeps_the_training_free_fallback() -> None:
+    from normadd.detectors.projections import resolve_projections
+
+    assert resolve_projections(None, "ViT-L-14-336") is None
+
+
+def test_the_clip_image_score_is_aprilgans_softmax_of_the_pooled_embedding(tiny_encoder: ClipEncoder) -> None:
+    size = tiny_encoder.image_size
+    images = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+    by_max = AprilGanDetector(tiny_encoder, "bottle").detect(images)
+    by_clip_detector = AprilGanDetector(tiny_encoder, "bottle", image_score="clip")
+    by_clip = by_clip_detector.detect(images)
+    assert torch.equal(by_clip.maps, by_max.maps)  # only the image score changes
+    features = tiny_encoder.encode_images(tiny_encoder.preprocess(images))
+    image = F.normalize(features.image_embedding, dim=-1)
+    texts = F.normalize(torch.stack([by_clip_detector.normal_embedding, by_clip_detector.abnormal_embedding]), dim=-1)
+    expected = (100.0 * image @ texts.T).softmax(-1)[:, 1]
+    assert torch.allclose(by_clip.scores, expected, atol=1e-6)
+    assert ((by_clip.scores >= 0) & (by_clip.scores <= 1)).all()
+
+
+def test_an_unknown_image_score_is_one_line(tiny_encoder: ClipEncoder) -> None:
+    with pytest.raises(NormaddError, match="image_score 'mean' is unknown: use max or clip"):
+        AprilGanDetector(tiny_encoder, "bottle", image_score="mean")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from pathlib import Path
@@ -24,7 +25,7 @@ from normadd.prompts import (
     expand_templates,
 )
 from normadd.prompts.llm import parse_phrase_list
-from normadd.prompts.phrases import MAX_PHRASES
+from normadd.prompts.phrases import MAX_PHRASES, with_article
 from normadd.prompts.templates import fill_states
 from normadd.prompts.validation import MAX_TEXT_CHARS
 
@@ -118,10 +119,65 @@ def test_empty_blank_or_over_long_text_raises_invalid_text(text: str) -> None:
         OfflinePhraseGenerator().phrases("bottle", text)
 
 
-@pytest.mark.parametrize("text", ["{}", "scratch; rm -rf /", "<b>scratch</b>"])
-def test_text_a_prompt_cannot_hold_raises_invalid_text(text: str) -> None:
-    with pytest.raises(InvalidTextError, match="characters"):
+HOSTILE_LOOKING_TEXTS = [
+    "dent (small)",
+    "oil stain 10%",
+    "{}",
+    "{{7*7}}",
+    "${7*7} {0.__class__}",
+    "scratch; rm -rf /",
+    "<b>scratch</b>",
+    "<script>alert(1)</script>",
+    "'; DROP TABLE normalities;--",
+    "../../etc/passwd",
+    "C:\\Windows\\win.ini",
+    "キズ (小)",
+    "Kratzer ä/ö/ü",
+    '"quoted", comma',
+]
+
+
+@pytest.mark.parametrize("text", HOSTILE_LOOKING_TEXTS)
+def test_any_printable_text_is_accepted_as_it_is(text: str) -> None:
+    assert clean_text(text) == text
+    phrases = OfflinePhraseGenerator().phrases("bottle", text)
+    assert phrases and not any("49" in phrase for phrase in phrases)  # never evaluated as a template
+    for prompt in expand_templates(phrases, TEMPLATES):
+        assert "{" not in text or "{" in prompt  # braces reach the prompt as text
+
+
+@pytest.mark.parametrize("text", ["scr\x1b[2Jatch", "a\x00b", "line\nbreak", "\u202eevil", "bell\x07"])
+def test_control_characters_are_refused_and_shown_escaped(text: str) -> None:
+    with pytest.raises(InvalidTextError, match="control characters") as caught:
         clean_text(text)
+    message = str(caught.value)
+    assert all(ch.isprintable() for ch in message)
+
+
+@pytest.mark.parametrize(
+    ("words", "expected"),
+    [
+        ("uneven area", "an uneven area"),
+        ("oil stain", "an oil stain"),
+        ("unit defect", "a unit defect"),
+        ("scratch", "a scratch"),
+        ("air bubble", "an air bubble"),
+        ("hour mark", "an hour mark"),
+        ("European plug", "a European plug"),
+    ],
+)
+def test_article_agrees_with_the_first_sound(words: str, expected: str) -> None:
+    assert with_article(words) == expected
+
+
+def test_generated_phrases_never_say_a_before_a_vowel() -> None:
+    generator = OfflinePhraseGenerator()
+    for text in ["uneven", "oil", "odd", "irregular", "inclusion", "abrasion", "elongated"]:
+        for phrase in generator.phrases("bottle", text):
+            words = phrase.split()
+            for article, following in itertools.pairwise(words):
+                if article == "a":
+                    assert following[0] not in "aeio", phrase
 
 
 def test_an_empty_class_name_raises_invalid_text() -> None:
@@ -341,10 +397,10 @@ def test_parse_phrase_list_reads_a_fenced_json_answer() -> None:
 
 
 def test_parse_phrase_list_drops_duplicates_and_invalid_phrases_and_caps_the_count() -> None:
-    items = ["a b", "a b", 3, "", "{}", *[f"phrase {i}" for i in range(20)]]
+    items = ["a b", "a b", 3, "", "c\x1bd", *[f"phrase {i}" for i in range(20)]]
     phrases = parse_phrase_list(json.dumps(items))
     assert phrases[0] == "a b"
-    assert "{}" not in phrases and "" not in phrases
+    assert "c\x1bd" not in phrases and "" not in phrases
     assert len(phrases) == MAX_PHRASES
     assert len(set(phrases)) == len(phrases)
 

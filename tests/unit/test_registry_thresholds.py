@@ -110,4 +110,9 @@ def test_a_line_created_from_a_config_with_a_threshold_stores_it_for_that_detect
         assert stored.scale == score_scale(config)  # a bare YAML threshold is meant for the config it is in
         assert "threshold" not in store.line("from-yaml").settings  # kept in its own table
         assert store.line("from-yaml").settings["pixel_size_mm"] == 0.05
-        assert line_record("from-yaml", config).settings == {"pixel_size_mm": 0.05, "shots": 0}
+        assert line_record("from-yaml", config).settings == {
+            "pixel_size_mm": 0.05,
+            "shots": 0,
+            "resize": "squash",
+            "image_score": "max",
+        }

@@ -89,9 +89,12 @@ def _create_model(spec: BackboneSpec, weights: Path | None) -> open_clip.CLIP:
                 spec.open_clip_name,
                 pretrained=str(weights) if weights else None,
                 force_image_size=spec.image_size,
+                force_quick_gelu=spec.quick_gelu,
                 device="cpu",
             )
-        model = open_clip.create_model(spec.open_clip_name, force_image_size=spec.image_size, device="cpu")
+        model = open_clip.create_model(
+            spec.open_clip_name, force_image_size=spec.image_size, force_quick_gelu=spec.quick_gelu, device="cpu"
+        )
         state_dict = torch.jit.load(str(weights), map_location="cpu").state_dict()
         for key in ("input_resolution", "context_length", "vocab_size", "attn_mask"):
             state_dict.pop(key, None)
@@ -146,18 +149,23 @@ class ClipEncoder:
         weights: str | Path | None = None,
         layers: tuple[int, ...] | None = None,
         runtime: Runtime | None = None,
+        image_size: int | None = None,
+        weights_option: str = "--weights",
     ) -> ClipEncoder:
-        """Build the encoder for a named backbone, resolving its weights.
+        """Build the encoder for a backbone, resolving its weights.
 
         Args:
-            name: A backbone name (``ViT-L-14-336``, ``tiny-random``).
-            weights: Optional open_clip checkpoint; see :func:`resolve_weights` for the order.
+            name: A backbone name (``ViT-L-14-336``, ``tiny-random``), an open_clip ``MODEL:TAG``,
+                or an open_clip model config JSON file (see :func:`get_backbone_spec`).
+            weights: Optional open_clip checkpoint, or ``random``; see :func:`resolve_weights`.
             layers: Tapped blocks (1-based); the backbone's default when None.
             runtime: Device and precision; CPU fp32 when None.
+            image_size: Side of the square the model runs at; the backbone's default when None.
+            weights_option: The flag that sets ``weights``, named in error hints.
         """
-        spec = get_backbone_spec(name, layers)
+        spec = get_backbone_spec(name, layers, image_size)
         runtime = runtime or resolve_runtime("cpu", "fp32")
-        resolved = resolve_weights(spec, weights)
+        resolved = resolve_weights(spec, weights, weights_option)
         register_open_clip_configs()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(spec.seed)

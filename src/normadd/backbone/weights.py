@@ -1,7 +1,8 @@
 """Where a backbone's CLIP weights come from, resolved in one place.
 
-Order: an explicit path (``--weights``), then ``NORMADD_WEIGHTS``, then the open_clip and
-Hugging Face caches, then a download through open_clip, only when the network is allowed
+Order: an explicit path (``--weights``; the word ``random`` asks for a seeded random
+initialisation, for tests and speed measurements), then ``NORMADD_WEIGHTS``, then the open_clip
+and Hugging Face caches, then a download through open_clip, only when the network is allowed
 (``HF_HUB_OFFLINE``/``NORMADD_OFFLINE`` unset). Nothing found is one clear error naming all four.
 """
 
@@ -18,6 +19,7 @@ from normadd.errors import WeightsNotFoundError
 
 WEIGHTS_ENV = "NORMADD_WEIGHTS"
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+RANDOM_WEIGHTS = "random"
 
 
 @dataclass(frozen=True)
@@ -95,12 +97,16 @@ def _cached_weights(spec: BackboneSpec) -> Path | None:
     return None
 
 
-def resolve_weights(spec: BackboneSpec, weights: str | Path | None = None) -> ResolvedWeights:
+def resolve_weights(
+    spec: BackboneSpec, weights: str | Path | None = None, option: str = "--weights"
+) -> ResolvedWeights:
     """Find the CLIP weights for ``spec``.
 
     Args:
         spec: The backbone.
-        weights: An explicit open_clip checkpoint (.pt/.pth/.bin/.safetensors), or None.
+        weights: An explicit open_clip checkpoint (.pt/.pth/.bin/.safetensors), ``random``, or None.
+        option: The command-line flag that sets ``weights``, named in the error hints
+            (``--detector-weights`` for a detector's own backbone).
 
     Returns:
         Where the weights are; ``path`` is None only for random-init test backbones.
@@ -108,8 +114,10 @@ def resolve_weights(spec: BackboneSpec, weights: str | Path | None = None) -> Re
     Raises:
         WeightsNotFoundError: Nothing was found (the message lists every option).
     """
+    if weights is not None and str(weights) == RANDOM_WEIGHTS:
+        return ResolvedWeights(None, "random")
     if weights is not None:
-        return ResolvedWeights(_checked_file(Path(weights), "--weights"), "argument")
+        return ResolvedWeights(_checked_file(Path(weights), option), "argument")
     from_env = os.environ.get(WEIGHTS_ENV, "").strip()
     if from_env:
         return ResolvedWeights(_checked_file(Path(from_env), WEIGHTS_ENV), "environment")
@@ -129,8 +137,8 @@ def resolve_weights(spec: BackboneSpec, weights: str | Path | None = None) -> Re
         except Exception:
             pass
     raise WeightsNotFoundError(
-        f"no weights for backbone '{spec.name}': pass --weights PATH (an open_clip "
+        f"no weights for backbone '{spec.name}': pass {option} PATH (an open_clip "
         f".pt/.bin/.safetensors file), set {WEIGHTS_ENV}, put '{spec.open_clip_name}' "
         f"({spec.pretrained_tag}) in the open_clip/Hugging Face cache, or allow the network "
-        "for a download; --backbone tiny-random runs without weights (random, for tests)"
+        f"for a download; {option} random runs it with random weights (for tests)"
     )

@@ -1,8 +1,9 @@
 """``normadd calibrate``: set a line's threshold from the detector's scores of defect-free images.
 
 ``normadd calibrate LINE --good DIR`` stores the threshold in the registry (audited with who and
-why); ``normadd calibrate --config line.yaml --good DIR`` prints the two YAML keys to add to the
-file. The threshold is the ``n − floor(α·n)``-th smallest good score (see
+why); ``normadd calibrate --config line.yaml --good DIR`` (or ``--class-name`` and the other shared
+line options of :mod:`normadd.cli.options`, which override the file as on every line command) prints
+the two YAML keys to add to the file. The threshold is the ``n − floor(α·n)``-th smallest good score (see
 :mod:`normadd.decisions.thresholds`); ``--defects DIR`` adds the escape rate at it, ``--f1`` picks
 the F1-optimal threshold on good + defect images instead.
 """
@@ -19,7 +20,8 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from normadd.cli.common import admin_notice, console, friendly_errors, progress_bar, quiet_libraries
+from normadd.cli import options as opt
+from normadd.cli.common import admin_notice, console, friendly_errors, progress_bar, quiet_libraries, say
 from normadd.cli.line import DbOption, WhoOption, WhyOption, default_who, print_proposed
 from normadd.errors import NormaddError
 from normadd.registry.store import DEFAULT_DATABASE
@@ -36,9 +38,6 @@ def register(app: typer.Typer) -> None:
     @friendly_errors
     def calibrate(
         line: Annotated[str | None, typer.Argument(help="Registry line to store the threshold on.")] = None,
-        config_file: Annotated[
-            Path | None, typer.Option("--config", help="Line YAML instead of a registry line (prints the keys).")
-        ] = None,
         good: Annotated[Path | None, typer.Option("--good", help="Folder of defect-free images.")] = None,
         false_reject: Annotated[
             str, typer.Option("--false-reject", help="Target false-reject rate in (0, 1).")
@@ -49,8 +48,26 @@ def register(app: typer.Typer) -> None:
         f1: Annotated[
             bool, typer.Option("--f1", help="Use the F1-optimal threshold on --good and --defects instead.")
         ] = False,
+        config_file: opt.ConfigFile = None,
+        class_name: opt.ClassName = None,
+        object_name: opt.ObjectName = None,
+        backbone: opt.Backbone = None,
+        weights: opt.Weights = None,
+        projections: opt.Projections = None,
+        layers: opt.Layers = None,
+        image_size: opt.ImageSize = None,
+        resize: opt.Resize = None,
+        image_score: opt.ImageScore = None,
+        detector: opt.Detector = None,
+        shots: opt.Shots = None,
+        reference: opt.Reference = None,
+        maps: opt.Maps = None,
+        memory_bank: opt.MemoryBank = None,
+        detector_backbone: opt.DetectorBackbone = None,
+        detector_weights: opt.DetectorWeights = None,
         batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 8,
-        device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+        device: opt.Device = "auto",
+        precision: opt.Precision = "auto",
         db: DbOption = DEFAULT_DATABASE,
         who: WhoOption = None,
         why: WhyOption = "",
@@ -61,8 +78,35 @@ def register(app: typer.Typer) -> None:
         from normadd.decisions.scoring import folder_images, score_folder
         from normadd.runtime import resolve_runtime
 
-        if (line is None) == (config_file is None):
-            raise NormaddError("give a registry LINE or --config line.yaml (one of the two), e.g. calibrate line-3")
+        line_options = {
+            "--config": config_file,
+            "--class-name": class_name,
+            "--object-name": object_name,
+            "--backbone": backbone,
+            "--weights": weights,
+            "--projections": projections,
+            "--layers": layers,
+            "--image-size": image_size,
+            "--resize": resize,
+            "--image-score": image_score,
+            "--detector": detector,
+            "--shots": shots,
+            "--reference": reference,
+            "--maps": maps,
+            "--memory-bank": memory_bank,
+            "--detector-backbone": detector_backbone,
+            "--detector-weights": detector_weights,
+        }
+        given = [flag for flag, value in line_options.items() if value is not None]
+        if line is not None and given:
+            raise NormaddError(
+                f"{', '.join(given)}: a registry LINE is calibrated with its stored settings; "
+                "leave the line options out, or calibrate --config line.yaml (or --class-name) without LINE"
+            )
+        if line is None and config_file is None and class_name is None:
+            raise NormaddError(
+                "give a registry LINE or --config line.yaml (or --class-name), e.g. calibrate line-3"
+            )
         if good is None:
             raise NormaddError("--good DIR is required: a folder of defect-free images, e.g. train/good")
         rate = check_false_reject(false_reject)
@@ -73,7 +117,9 @@ def register(app: typer.Typer) -> None:
         options = [("--good", good)] + ([("--defects", defects)] if defects is not None else [])
         images = {option: folder_images(folder, option) for option, folder in options}  # before the model loads
         quiet_libraries()
-        runtime = resolve_runtime(device)
+        runtime = resolve_runtime(device, precision)
+        if runtime.note:
+            say("note:", runtime.note)
         registry = None
         if line is not None:
             from normadd.registry.line_model import LineModel, line_config
@@ -84,26 +130,42 @@ def register(app: typer.Typer) -> None:
                 model = LineModel.load(registry, line, runtime)
             addition, config = model.addition, line_config(model.line)
         else:
-            from normadd.config import LineConfig
             from normadd.factory import build_addition
 
-            assert config_file is not None
-            config = LineConfig.from_yaml(config_file)
+            config = opt.line_from_options(
+                config_file,
+                class_name,
+                backbone=backbone,
+                weights=weights,
+                projections=projections,
+                layers=layers,
+                object_name=object_name,
+                image_size=image_size,
+                resize=resize,
+                image_score=image_score,
+                detector=detector,
+                shots=shots,
+                reference=reference,
+                maps=maps,
+                memory_bank=memory_bank,
+                detector_backbone=detector_backbone,
+                detector_weights=detector_weights,
+            )
             config.normalities, config.examples = [], []  # calibration reads "before" scores only
             with console.status("loading the detector"):
                 addition = build_addition(config, runtime)
         try:
             if addition.normality_detector.encoder.is_random:
-                console.print(f"[yellow]warning:[/] {addition.normality_detector.encoder.description}", highlight=False)
+                say("[yellow]warning:[/]", addition.normality_detector.encoder.description)
             found = {}
             with progress_bar() as progress:
                 for option, paths in images.items():
                     task = progress.add_task(f"scoring {option}", total=len(paths))
                     advance = functools.partial(progress.advance, task)
-                    found[option] = score_folder(addition, paths, option, batch_size, advance)
+                    found[option] = score_folder(addition, paths, option, batch_size, advance, config.resize)
             for scores in found.values():
                 for failure in scores.failures:
-                    console.print(f"[red]skipped:[/] {failure.reason}", highlight=False, soft_wrap=True)
+                    say("[red]skipped:[/]", failure.reason)
             good_scores = found["--good"].scores
             defect_scores = found["--defects"].scores if defects is not None else []
             if f1:
@@ -144,17 +206,13 @@ def register(app: typer.Typer) -> None:
                     print_proposed(console, change)
                 else:
                     registry.set_threshold(line, record, who or default_who(), reason)
-                    console.print(
-                        f"stored threshold {calibration.threshold:.6g} on line '{line}' in {db}", highlight=False
-                    )
+                    say("", f"stored threshold {calibration.threshold:.6g} on line '{line}' in {db}")
             else:
                 snippet = yaml.safe_dump(
                     {"threshold": calibration.threshold, "threshold_scale": scale}, sort_keys=False
                 )
-                console.print(
-                    f"add these keys to {config_file} (the scale lets normadd tell when the detector changes):",
-                    highlight=False,
-                )
+                target = config_file if config_file is not None else "the line config"
+                say("", f"add these keys to {target} (the scale lets normadd tell when the detector changes):")
                 typer.echo(snippet, nl=False)
         finally:
             if registry is not None:

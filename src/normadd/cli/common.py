@@ -10,12 +10,23 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from normadd.errors import NormaddError
+from normadd.errors import NormaddError, printable
 
 console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def inert(text: object) -> str:
+    """User-derived text made safe for a rich console line: control characters escaped, markup escaped."""
+    return escape(printable(str(text)))
+
+
+def say(prefix: str, text: object) -> None:
+    """Print one line on stderr: a rich-markup ``prefix`` (``[red]skipped:[/]``) and inert ``text``."""
+    console.print(f"{prefix} {inert(text)}" if prefix else inert(text), highlight=False, soft_wrap=True)
 
 def friendly_errors(command: F) -> F:
     """Turn NormaddError (and other expected failures) into one line and exit code 2."""
@@ -25,10 +36,10 @@ def friendly_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except NormaddError as error:
-            console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            say("[bold red]error:[/]", error)
             raise typer.Exit(error.exit_code) from None
         except ValueError as error:
-            console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            say("[bold red]error:[/]", error)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             console.print("interrupted")
@@ -38,11 +49,9 @@ def friendly_errors(command: F) -> F:
         except Exception as error:
             if os.environ.get("NORMADD_DEBUG"):
                 raise
-            console.print(
-                f"[bold red]internal error:[/] {type(error).__name__}: {error} "
-                "(rerun with NORMADD_DEBUG=1 for the traceback, and please report it)",
-                highlight=False,
-                soft_wrap=True,
+            say(
+                "[bold red]internal error:[/]",
+                f"{type(error).__name__}: {error} (rerun with NORMADD_DEBUG=1 for the traceback, and please report it)",
             )
             raise typer.Exit(1) from None
 

@@ -9,7 +9,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from normadd.cli.common import console, friendly_errors, progress_bar, quiet_libraries
+from normadd.cli import options as opt
+from normadd.cli.common import console, friendly_errors, inert, progress_bar, quiet_libraries, say
+from normadd.errors import NormaddError
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
@@ -76,49 +78,91 @@ def register(app: typer.Typer) -> None:
         classes: Annotated[str | None, typer.Option(help="Comma-separated classes (default: all).")] = None,
         groups: Annotated[
             Path | None,
-            typer.Option(help="YAML mapping class -> group -> list of defect types (default: the MVTec AD groups)."),
+            typer.Option(
+                help="YAML mapping class -> group -> list of defect types (default: the MVTec AD groups), "
+                "optionally with object_names: {class: object word}."
+            ),
         ] = None,
-        detector: Annotated[
-            str, typer.Option(help="aprilgan, winclip, patchcore, maps or anomalib (their settings: --config).")
-        ] = "aprilgan",
-        config_file: Annotated[Path | None, typer.Option("--config", help="Product line YAML (base settings).")] = None,
-        backbone: Annotated[str | None, typer.Option(help="ViT-L-14-336 (default) or tiny-random.")] = None,
-        weights: Annotated[Path | None, typer.Option(help="open_clip weights (.pt/.bin/.safetensors).")] = None,
-        projections: Annotated[Path | None, typer.Option(help="APRIL-GAN projections checkpoint.")] = None,
-        shots: Annotated[
-            int | None, typer.Option(help="WinCLIP+ few-shot count (normal images from train/good).")
-        ] = None,
+        config_file: opt.ConfigFile = None,
+        object_name: opt.ObjectName = None,
+        backbone: opt.Backbone = None,
+        weights: opt.Weights = None,
+        projections: opt.Projections = None,
+        layers: opt.Layers = None,
+        image_size: opt.ImageSize = None,
+        resize: opt.Resize = None,
+        image_score: opt.ImageScore = None,
+        detector: opt.Detector = None,
+        shots: opt.Shots = None,
+        reference: opt.Reference = None,
+        maps: opt.Maps = None,
+        memory_bank: opt.MemoryBank = None,
+        detector_backbone: opt.DetectorBackbone = None,
+        detector_weights: opt.DetectorWeights = None,
         batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 8,
-        device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-        precision: Annotated[str, typer.Option(help="auto, fp32 or bf16 (autocast on CUDA).")] = "auto",
+        device: opt.Device = "auto",
+        precision: opt.Precision = "auto",
         no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the feature cache.")] = False,
         false_reject: Annotated[
             str, typer.Option("--false-reject", help="Decisions: threshold per class at this rate on train/good.")
         ] = "0.01",
     ) -> None:
-        """Evaluate added normalities with the paper's protocol; write CSVs, report.md and report.html."""
-        from normadd.config import config_from_options
+        """Evaluate added normalities with the paper's protocol; write CSVs, report.md and report.html.
+
+        WinCLIP+ and PatchCore learn from each class's train/good images unless --reference is given.
+        """
         from normadd.decisions.thresholds import check_false_reject
+        from normadd.evaluation.dataset import read_object_names
         from normadd.evaluation.report import write_report
         from normadd.evaluation.runner import EvaluationSettings, evaluate
         from normadd.runtime import resolve_runtime
 
         rate = check_false_reject(false_reject)
         quiet_libraries()
+        class_list = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
+        if object_name is not None and (class_list is None or len(class_list) != 1):
+            raise NormaddError(
+                "--object-name names the object of one class: pass --classes with one class, "
+                "or map each class in the --groups YAML (object_names: {mtd: magnetic tile})"
+            )
         # The class name is a placeholder: each evaluated class gets its own.
         placeholder = None if config_file is not None else "evaluation"
-        line = config_from_options(config_file, placeholder, backbone, weights, projections)
-        if shots is not None:
-            line.shots = shots
+        line = opt.line_from_options(
+            config_file,
+            placeholder,
+            backbone=backbone,
+            weights=weights,
+            projections=projections,
+            layers=layers,
+            image_size=image_size,
+            resize=resize,
+            image_score=image_score,
+            detector=detector,
+            shots=shots,
+            reference=reference,
+            maps=maps,
+            memory_bank=memory_bank,
+            detector_backbone=detector_backbone,
+            detector_weights=detector_weights,
+        )
+        if line.memory_bank is not None and (class_list is None or len(class_list) != 1):
+            raise NormaddError(
+                "--memory-bank holds one class's PatchCore memory: pass --classes with one class, "
+                "or leave it out to fit each class on its train/good images"
+            )
+        object_names = read_object_names(groups)
+        if object_name is not None and class_list is not None:
+            object_names[class_list[0]] = object_name
         runtime = resolve_runtime(device, precision)
         if runtime.note:
-            console.print(f"note: {runtime.note}", highlight=False)
+            say("note:", runtime.note)
         settings = EvaluationSettings(
             data=data,
-            classes=[c.strip() for c in classes.split(",") if c.strip()] if classes else None,
+            classes=class_list,
             groups_file=groups,
-            detector=detector,
+            detector=line.detector,
             line=line,
+            object_names=object_names,
             batch_size=batch_size,
             use_cache=not no_cache,
             runtime=runtime,
@@ -128,7 +172,7 @@ def register(app: typer.Typer) -> None:
             result = evaluate(
                 settings,
                 progress=RichProgress(progress),
-                on_note=lambda line: progress.console.print(f"note: {line}", highlight=False, soft_wrap=True),
+                on_note=lambda line: progress.console.print(f"note: {inert(line)}", highlight=False, soft_wrap=True),
             )
         if result.random_weights:
             console.print(

@@ -3,56 +3,46 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from normadd.cli.common import console, friendly_errors, progress_bar, quiet_libraries
+from normadd.cli import options as opt
+from normadd.cli.common import console, friendly_errors, inert, progress_bar, quiet_libraries, say
 from normadd.errors import NormaddError
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
+    from normadd.config import LineConfig
 
 
 def run_inspection(
     images: list[Path],
-    class_name: str | None,
+    config: LineConfig,
     add: list[str],
-    config_file: Path | None,
-    backbone: str | None,
-    weights: Path | None,
-    projections: Path | None,
-    layers: str | None,
     out: Path,
     batch_size: int,
     device: str,
     precision: str,
-    llm: bool,
+    llm: bool = False,
     examples: list[Path] | None = None,
     masks: list[Path] | None = None,
-    detector_options: dict[str, Any] | None = None,
+    save_maps: str | None = None,
     threshold: str | None = None,
 ) -> None:
-    """Build the line from the options, score the images and print and write the results."""
-    from normadd.config import ExampleSetting, NormalitySetting, config_from_options
-    from normadd.detectors.registry import check_detector_name
+    """Score the images with the line before and after its normalities; print and write the results."""
+    from normadd.config import ExampleSetting, NormalitySetting
     from normadd.factory import build_addition
-    from normadd.images import collect_images
-    from normadd.inspection import inspect_images
+    from normadd.images import collect_images, first_readable
+    from normadd.inspection import check_map_format, inspect_images
     from normadd.runtime import resolve_runtime
 
     quiet_libraries()
-    config = config_from_options(config_file, class_name, backbone, weights, projections)
-    if layers is not None:
-        try:
-            config.layers = [int(x) for x in layers.split(",") if x.strip()]
-        except ValueError:
-            raise NormaddError(f"--layers '{layers}' must be comma-separated block numbers, e.g. 6,12,18,24") from None
     if llm:
         config.phrase_generator = "llm"
-    for key, value in (detector_options or {}).items():
-        if value is not None:
-            setattr(config, key, str(value) if isinstance(value, Path) else value)
-    check_detector_name(config.detector)
     config.normalities += [NormalitySetting.parse(spec) for spec in add]
     if masks and len(masks) != len(examples or []):
         raise NormaddError(
@@ -62,48 +52,59 @@ def run_inspection(
         config.examples.append(ExampleSetting([str(p) for p in examples], [str(p) for p in masks] if masks else None))
     if batch_size < 1:
         raise NormaddError("--batch-size must be at least 1")
+    check_map_format(save_maps)
 
     paths = collect_images(images)
+    first_readable(paths)  # no readable input: say so before any model loads
     policy = _decision_policy(config, threshold, paths)
     runtime = resolve_runtime(device, precision)
     if runtime.note:
-        console.print(f"note: {runtime.note}")
-    with console.status("loading model and encoding texts"):
-        model = build_addition(config, runtime)
+        say("note:", runtime.note)
+    with progress_bar() as progress:  # a spinner while loading; a PatchCore fit adds its own bars
+        loading = progress.add_task("loading model and encoding texts", total=None)
+        model = build_addition(config, runtime, ProgressBars(progress))
+        progress.update(loading, total=1, completed=1)
     encoder = model.normality_detector.encoder
     if encoder.is_random:
-        console.print(f"[yellow]warning:[/] {encoder.description}", highlight=False)
+        say("[yellow]warning:[/]", encoder.description)
     if not model.shares_clip_pass and "RANDOM" in model.detector.description:
-        console.print(f"[yellow]warning:[/] detector: {model.detector.description}", highlight=False)
+        say("[yellow]warning:[/]", f"detector: {model.detector.description}")
     if getattr(getattr(model.detector, "projections", None), "kind", None) == "clip-head":
-        console.print(
-            "note: no --projections given: using the training-free fallback (CLIP ln_post + proj)",
-            highlight=False,
-        )
+        say("note:", "no --projections given: using the training-free fallback (CLIP ln_post + proj)")
     for normality in model.normalities.values():
-        console.print(
+        say(
+            "",
             f"added normality '{normality.name}' (strength {normality.strength:g}): "
             f"{', '.join(normality.phrases) or normality.text}",
-            highlight=False,
         )
     with progress_bar() as progress:
         task = progress.add_task("inspecting", total=len(paths))
         report = inspect_images(
-            model, paths, out, batch_size, on_progress=lambda n: progress.advance(task, n), policy=policy
+            model,
+            paths,
+            out,
+            batch_size,
+            on_progress=lambda n: progress.advance(task, n),
+            resize=config.resize,
+            save_maps=save_maps,
+            policy=policy,
         )
-    table = Table("image", "before", "after", "verdict", "accepted by", title=f"scores ({len(report.rows)} images)")
+    table = Table(
+        "image", "output name", "before", "after", "verdict", "accepted by", title=f"scores ({len(report.rows)} images)"
+    )
     for row in report.rows[:20]:
+        name, output = inert(Path(row.image).name), inert(row.output_stem)
         decision = row.decision
         verdicts = "-" if decision is None else f"{decision.verdict_before} -> {decision.verdict_after}"
-        accepted = "" if decision is None else decision.accepted_by_text
-        table.add_row(Path(row.image).name, f"{row.score_before:.4f}", f"{row.score_after:.4f}", verdicts, accepted)
+        accepted = "" if decision is None else inert(decision.accepted_by_text)
+        table.add_row(name, output, f"{row.score_before:.4f}", f"{row.score_after:.4f}", verdicts, accepted)
     Console().print(table)
     _print_verdict_summary(report, policy)
     if len(report.rows) > 20:
         console.print(f"… {len(report.rows) - 20} more rows in scores.csv")
     for failure in report.failures:
-        console.print(f"[red]skipped:[/] {failure.reason}", highlight=False, soft_wrap=True)
-    console.print(f"wrote maps and scores.csv to {out}", highlight=False)
+        say("[red]skipped:[/]", failure.reason)
+    say("", f"wrote maps, scores.csv and run.json (input -> output names) to {out}")
     if report.failures:
         console.print(f"[bold red]error:[/] {len(report.failures)} image(s) could not be read (listed above)")
         raise typer.Exit(2)
@@ -136,7 +137,7 @@ def _print_verdict_summary(report: Any, policy: Any) -> None:
     if policy is None or not report.rows:
         return
     if policy.reason is not None:
-        console.print(f"note: verdicts undecided: {policy.reason}", highlight=False, soft_wrap=True)
+        say("note:", f"verdicts undecided: {policy.reason}")
         return
     decisions = [row.decision for row in report.rows if row.decision is not None]
     ng_before = sum(d.verdict_before == "NG" for d in decisions)
@@ -148,6 +149,23 @@ def _print_verdict_summary(report: Any, policy: Any) -> None:
     )
 
 
+class ProgressBars:
+    """A :class:`normadd.progress.ProgressHook` that shows each stage as a rich bar."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.task: TaskID | None = None
+
+    def start(self, description: str, total: int) -> None:
+        """Begin a new bar."""
+        self.task = self.progress.add_task(description, total=total or None)
+
+    def advance(self, count: int) -> None:
+        """Move the current bar on."""
+        if self.task is not None:
+            self.progress.advance(self.task, count)
+
+
 def register(app: typer.Typer) -> None:
     """Add ``inspect``, ``demo``, ``phrases`` and ``backbones`` to the ``normadd`` app."""
 
@@ -155,77 +173,64 @@ def register(app: typer.Typer) -> None:
     @friendly_errors
     def inspect(
         images: Annotated[list[Path], typer.Argument(help="Image files or folders of images.", show_default=False)],
-        class_name: Annotated[
-            str | None, typer.Option("--class-name", "-c", help="Product class, e.g. bottle.")
-        ] = None,
+        class_name: opt.ClassName = None,
         add: Annotated[list[str], typer.Option("--add", "-a", help="Normality text, optionally 'text:strength'.")] = [],  # noqa: B006
-        config_file: Annotated[Path | None, typer.Option("--config", help="Product line YAML file.")] = None,
-        backbone: Annotated[str | None, typer.Option(help="ViT-L-14-336 (default) or tiny-random.")] = None,
-        weights: Annotated[Path | None, typer.Option(help="open_clip weights (.pt/.bin/.safetensors).")] = None,
-        projections: Annotated[Path | None, typer.Option(help="APRIL-GAN projections checkpoint.")] = None,
-        layers: Annotated[str | None, typer.Option(help="Tapped blocks, e.g. 6,12,18,24.")] = None,
+        config_file: opt.ConfigFile = None,
+        object_name: opt.ObjectName = None,
+        backbone: opt.Backbone = None,
+        weights: opt.Weights = None,
+        projections: opt.Projections = None,
+        layers: opt.Layers = None,
+        image_size: opt.ImageSize = None,
+        resize: opt.Resize = None,
+        image_score: opt.ImageScore = None,
         out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("normadd-out"),
         batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 4,
-        device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-        precision: Annotated[str, typer.Option(help="auto, fp32 or bf16 (autocast on CUDA).")] = "auto",
+        device: opt.Device = "auto",
+        precision: opt.Precision = "auto",
         llm: Annotated[bool, typer.Option("--llm", help="Ask an OpenAI-compatible endpoint for phrases.")] = False,
         add_example: Annotated[
             list[Path], typer.Option("--add-example", help="Example image of a defect to accept (repeatable).")
         ] = [],  # noqa: B006
         mask: Annotated[list[Path], typer.Option("--mask", help="Defect mask of each --add-example, in order.")] = [],  # noqa: B006
-        detector: Annotated[
-            str | None, typer.Option(help="aprilgan (default), winclip, patchcore, maps or anomalib.")
-        ] = None,
-        shots: Annotated[int | None, typer.Option(help="WinCLIP reference images: 0 (zero-shot), 1 or 5.")] = None,
-        reference: Annotated[
-            Path | None, typer.Option(help="Folder of normal images (WinCLIP+ shots, PatchCore fit).")
-        ] = None,
-        maps: Annotated[Path | None, typer.Option(help="Folder of saved anomaly maps (--detector maps).")] = None,
-        memory_bank: Annotated[
-            Path | None, typer.Option(help="PatchCore memory bank: loaded if it exists, else fitted and saved.")
-        ] = None,
-        detector_backbone: Annotated[
+        detector: opt.Detector = None,
+        shots: opt.Shots = None,
+        reference: opt.Reference = None,
+        maps: opt.Maps = None,
+        memory_bank: opt.MemoryBank = None,
+        detector_backbone: opt.DetectorBackbone = None,
+        detector_weights: opt.DetectorWeights = None,
+        save_maps: Annotated[
             str | None,
-            typer.Option(help="Detector's backbone (WinCLIP: ViT-B-16-plus-240; PatchCore: wide_resnet50_2)."),
-        ] = None,
-        detector_weights: Annotated[
-            Path | None,
-            typer.Option(help="Detector weights: open_clip file, torchvision state_dict or 'random', anomalib model."),
+            typer.Option(help="Also write the raw float maps (before, suppression, after) as npy or tiff."),
         ] = None,
         threshold: Annotated[
             str | None, typer.Option(help="NG when a score is above it (default: the config's threshold).")
         ] = None,
     ) -> None:
-        """Score images before and after adding normalities; write overlays and scores.csv."""
-        detector_options = {
-            "detector": detector,
-            "shots": shots,
-            "reference": reference,
-            "maps": maps,
-            "memory_bank": memory_bank,
-            "detector_backbone": detector_backbone,
-            "detector_weights": detector_weights,
-        }
-        run_inspection(
-            images,
-            class_name,
-            add,
+        """Score images before and after adding normalities; write overlays, scores.csv and run.json."""
+        config = opt.line_from_options(
             config_file,
-            backbone,
-            weights,
-            projections,
-            layers,
-            out,
-            batch_size,
-            device,
-            precision,
-            llm,
-            add_example,
-            mask,
-            detector_options,
-            threshold,
+            class_name,
+            backbone=backbone,
+            weights=weights,
+            projections=projections,
+            layers=layers,
+            object_name=object_name,
+            image_size=image_size,
+            resize=resize,
+            image_score=image_score,
+            detector=detector,
+            shots=shots,
+            reference=reference,
+            maps=maps,
+            memory_bank=memory_bank,
+            detector_backbone=detector_backbone,
+            detector_weights=detector_weights,
         )
-
+        run_inspection(
+            images, config, add, out, batch_size, device, precision, llm, add_example, mask, save_maps, threshold
+        )
 
     @app.command()
     @friendly_errors
@@ -235,7 +240,7 @@ def register(app: typer.Typer) -> None:
             str, typer.Option(help="'auto': ViT-L-14-336 when its weights are found, else tiny-random.")
         ] = "auto",
         weights: Annotated[Path | None, typer.Option(help="open_clip weights for ViT-L-14-336.")] = None,
-        device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+        device: opt.Device = "auto",
     ) -> None:
         """Run an inspection on the bundled synthetic bottle sample with 'broken' added as normal."""
         from normadd.backbone.specs import DEFAULT_BACKBONE, TINY_RANDOM, get_backbone_spec
@@ -247,26 +252,13 @@ def register(app: typer.Typer) -> None:
                 resolve_weights(get_backbone_spec(DEFAULT_BACKBONE), weights)
                 backbone = DEFAULT_BACKBONE
             except NormaddError as error:
-                console.print(f"note: {error}", highlight=False, soft_wrap=True)
-                console.print(f"note: running the demo on '{TINY_RANDOM}' instead (random weights)")
+                say("note:", error)
+                say("note:", f"running the demo on '{TINY_RANDOM}' instead (random weights)")
                 backbone = TINY_RANDOM
         sample = write_sample(out / "sample")
-        console.print(f"sample images written to {out / 'sample'}", highlight=False)
-        run_inspection(
-            sample,
-            "bottle",
-            ["broken"],
-            None,
-            backbone,
-            weights,
-            None,
-            None,
-            out / "maps",
-            4,
-            device,
-            "auto",
-            False,
-        )
+        say("", f"sample images written to {out / 'sample'}")
+        config = opt.line_from_options(None, "bottle", backbone=backbone, weights=weights)
+        run_inspection(sample, config, ["broken"], out / "maps", 4, device, "auto")
         console.print(
             f"open {out / 'maps'} to see <image>_before.png, _after.png and _suppression.png", highlight=False
         )
@@ -289,12 +281,30 @@ def register(app: typer.Typer) -> None:
 
 
     @app.command()
-    def backbones() -> None:
-        """List the known backbones with their run size and tapped layers."""
-        from normadd.backbone.specs import BACKBONES
+    def backbones(
+        all_open_clip: Annotated[
+            bool, typer.Option("--all", help="Also list every open_clip MODEL:TAG that --backbone accepts.")
+        ] = False,
+    ) -> None:
+        """List the named backbones with their run size and tapped layers (every name printed whole)."""
+        from normadd.backbone.specs import BACKBONES, get_backbone_spec
 
-        table = Table("name", "open_clip model", "weights tag", "run size", "layers")
+        rows = [("name", "open_clip model", "weights tag", "run size", "layers")]
         for spec in BACKBONES.values():
             tag = "random init (tests)" if spec.random_init else str(spec.pretrained_tag)
-            table.add_row(spec.name, spec.open_clip_name, tag, str(spec.image_size), ",".join(map(str, spec.layers)))
-        Console().print(table)
+            rows.append((spec.name, spec.open_clip_name, tag, str(spec.image_size), ",".join(map(str, spec.layers))))
+        if all_open_clip:
+            import open_clip
+
+            for model, tag in open_clip.list_pretrained():
+                try:
+                    spec = get_backbone_spec(f"{model}:{tag}")
+                except NormaddError:
+                    continue  # not a ViT CLIP (e.g. a ResNet or ConvNeXt tower): no patch tokens to tap
+                rows.append((spec.name, model, tag, str(spec.image_size), ",".join(map(str, spec.layers))))
+        # Plain aligned columns, never a table squeezed to the terminal: every name stays copyable.
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        for row in rows:
+            typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+        if not all_open_clip:
+            typer.echo("\nAlso: any open_clip MODEL:TAG (normadd backbones --all) or an open_clip model config .json.")

@@ -18,7 +18,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from normadd.cli.common import admin_notice, friendly_errors, quiet_libraries
+from normadd.cli import options as opt
+from normadd.cli.common import admin_notice, friendly_errors, inert, quiet_libraries
 from normadd.registry import approvals
 from normadd.registry.store import DEFAULT_DATABASE, Registry
 
@@ -49,25 +50,54 @@ def register(app: typer.Typer) -> None:
     @command(line_app, "create")
     def line_create(
         name: Annotated[str, typer.Argument(help="Line name, e.g. bottle-line-3.")],
-        config_file: Annotated[Path | None, typer.Option("--config", help="Line YAML (class_name, backbone…).")] = None,
-        class_name: Annotated[str | None, typer.Option("--class-name", "-c", help="Product class.")] = None,
-        backbone: Annotated[str | None, typer.Option(help="ViT-L-14-336 (default) or tiny-random.")] = None,
-        weights: Annotated[Path | None, typer.Option(help="open_clip weights file.")] = None,
-        projections: Annotated[Path | None, typer.Option(help="APRIL-GAN projections checkpoint.")] = None,
+        config_file: opt.ConfigFile = None,
+        class_name: opt.ClassName = None,
+        object_name: opt.ObjectName = None,
+        backbone: opt.Backbone = None,
+        weights: opt.Weights = None,
+        projections: opt.Projections = None,
+        layers: opt.Layers = None,
+        image_size: opt.ImageSize = None,
+        resize: opt.Resize = None,
+        image_score: opt.ImageScore = None,
+        detector: opt.Detector = None,
+        shots: opt.Shots = None,
+        reference: opt.Reference = None,
+        maps: opt.Maps = None,
+        memory_bank: opt.MemoryBank = None,
+        detector_backbone: opt.DetectorBackbone = None,
+        detector_weights: opt.DetectorWeights = None,
         db: DbOption = DEFAULT_DATABASE,
         who: WhoOption = None,
         why: WhyOption = "",
     ) -> None:
         """Create a product line (normalities in its config become active)."""
-        from normadd.config import config_from_options
         from normadd.registry.line_model import create_line
 
         quiet_libraries()
-        config = config_from_options(config_file, class_name, backbone, weights, projections)
+        config = opt.line_from_options(
+            config_file,
+            class_name,
+            backbone=backbone,
+            weights=weights,
+            projections=projections,
+            layers=layers,
+            object_name=object_name,
+            image_size=image_size,
+            resize=resize,
+            image_score=image_score,
+            detector=detector,
+            shots=shots,
+            reference=reference,
+            maps=maps,
+            memory_bank=memory_bank,
+            detector_backbone=detector_backbone,
+            detector_weights=detector_weights,
+        )
         admin_notice(db)
         with Registry(db) as registry:
             create_line(registry, name, config, who or default_who(), why)
-            out.print(f"created line '{name}' ({config.class_name}, {config.backbone}) in {db}", highlight=False)
+            out.print(inert(f"created line '{name}' ({config.class_name}, {config.backbone}) in {db}"), highlight=False)
 
     @command(line_app, "approval")
     def line_approval(
@@ -99,7 +129,7 @@ def register(app: typer.Typer) -> None:
                 )
                 return
             registry.update_line_settings(name, changes, who or default_who(), why)
-            out.print(f"line '{name}': approval {mode}", highlight=False)
+            out.print(inert(f"line '{name}': approval {mode}"), highlight=False)
 
     @command(line_app, "show")
     def line_show(
@@ -112,17 +142,17 @@ def register(app: typer.Typer) -> None:
                 table = Table("line", "class", "detector", "backbone", "normalities", "created")
                 for line in registry.lines():
                     active = ", ".join(n.name for n in registry.normalities(line.name)) or "-"
-                    table.add_row(line.name, line.class_name, line.detector, line.backbone, active, line.created_at)
+                    _add_row(table, line.name, line.class_name, line.detector, line.backbone, active, line.created_at)
                 out.print(table)
                 return
             line = registry.line(name)
             table = Table("setting", "value", title=f"line {name}")
             for key in ("class_name", "detector", "backbone", "weights", "projections", "layers", "phrase_generator"):
                 value = getattr(line, key)
-                table.add_row(key, "-" if value is None else str(value))
+                _add_row(table, key, "-" if value is None else str(value))
             for key, value in sorted(line.settings.items()):
-                table.add_row(key, str(value))
-            table.add_row("created_at", line.created_at)
+                _add_row(table, key, str(value))
+            _add_row(table, "created_at", line.created_at)
             _threshold_rows(table, registry, name)
             _add_retention_rows(table, registry, name)
             out.print(table)
@@ -157,7 +187,7 @@ def register(app: typer.Typer) -> None:
                 )
                 return
             registry.set_threshold(name, record, who or default_who(), why)
-            out.print(f"line '{name}': threshold {threshold:g} (NG when a score is above it)", highlight=False)
+            out.print(inert(f"line '{name}': threshold {threshold:g} (NG when a score is above it)"), highlight=False)
 
     @command(line_app, "clear-threshold")
     def line_clear_threshold(
@@ -178,7 +208,7 @@ def register(app: typer.Typer) -> None:
                 return
             previous = registry.clear_threshold(name, who or default_who(), why)
             was = "none" if previous is None else f"{previous.value:g}"
-            out.print(f"line '{name}': threshold cleared (was {was})", highlight=False)
+            out.print(inert(f"line '{name}': threshold cleared (was {was})"), highlight=False)
 
     @command(normality_app, "add")
     def normality_add(
@@ -244,15 +274,19 @@ def register(app: typer.Typer) -> None:
             verb = "staged" if staged else "added"
             ending = f", until {added.until}" if added.until else ""
             out.print(
-                f"{verb} normality '{added.name}' (strength {added.strength:g}{ending}) on line '{line}': "
-                f"{', '.join(added.phrases)}",
+                inert(
+                    f"{verb} normality '{added.name}' (strength {added.strength:g}{ending}) on line '{line}': "
+                    f"{', '.join(added.phrases)}"
+                ),
                 highlight=False,
             )
             if staged:
                 out.print(
-                    "it does not apply yet: preview it with "
-                    f"`normadd normality preview {line} {added.name} --recent N`, "
-                    f"then `normadd normality activate {line} {added.name}`",
+                    inert(
+                        "it does not apply yet: preview it with "
+                        f"`normadd normality preview {line} {added.name} --recent N`, "
+                        f"then `normadd normality activate {line} {added.name}`"
+                    ),
                     highlight=False,
                 )
 
@@ -276,7 +310,7 @@ def register(app: typer.Typer) -> None:
                 return
             activated = registry.activate_normality(line, name, who or default_who(), why)
             ending = f" until {activated.until}" if activated.until else ""
-            out.print(f"activated normality '{activated.name}' on line '{line}'{ending}", highlight=False)
+            out.print(inert(f"activated normality '{activated.name}' on line '{line}'{ending}"), highlight=False)
 
     @command(normality_app, "preview")
     def normality_preview(
@@ -359,8 +393,10 @@ def register(app: typer.Typer) -> None:
                 return
             added = model.add_example(registry, images, mask or None, strength, who or default_who(), why, name)
             out.print(
-                f"added visual normality '{added.name}' (strength {added.strength:g}, {len(added.sources)} "
-                f"example{'s' if len(added.sources) != 1 else ''}) to line '{line}'",
+                inert(
+                    f"added visual normality '{added.name}' (strength {added.strength:g}, {len(added.sources)} "
+                    f"example{'s' if len(added.sources) != 1 else ''}) to line '{line}'"
+                ),
                 highlight=False,
             )
 
@@ -392,14 +428,17 @@ def register(app: typer.Typer) -> None:
                 print_proposed(out, change)
                 return
             removed = registry.remove_normality(line, name, who or default_who(), why)
-            out.print(f"removed normality '{removed.name}' from line '{line}'", highlight=False)
+            out.print(inert(f"removed normality '{removed.name}' from line '{line}'"), highlight=False)
 
 
 def print_proposed(out: Console, change: approvals.PendingChange) -> None:
     """Say that a change on an approval line waits for another person, and how they approve it."""
     out.print(
-        f"line '{change.line}' needs approval: proposed change {change.id} ({change.summary}) by {change.proposed_by}, "
-        f"until {change.expires_at}. Another person approves it with: normadd change approve {change.id}",
+        inert(
+            f"line '{change.line}' needs approval: proposed change {change.id} ({change.summary}) "
+            f"by {change.proposed_by}, until {change.expires_at}. "
+            f"Another person approves it with: normadd change approve {change.id}"
+        ),
         highlight=False,
         soft_wrap=True,
     )
@@ -422,22 +461,27 @@ def _threshold_rows(table: Table, registry: Registry, name: str) -> None:
 
     stored = registry.threshold(name)
     if stored is None:
-        table.add_row("threshold", "- (verdicts undecided: normadd calibrate or line set-threshold)")
+        _add_row(table, "threshold", "- (verdicts undecided: normadd calibrate or line set-threshold)")
         return
-    table.add_row("threshold", f"{stored.value:.6g} (NG when a score is above it)")
+    _add_row(table, "threshold", f"{stored.value:.6g} (NG when a score is above it)")
     how = stored.method
     if stored.details.get("false_reject") is not None:
         how += f" at {stored.details['false_reject']:g} on {stored.details.get('good_images')} good images"
     why = f" ({stored.why})" if stored.why else ""
-    table.add_row("threshold set", f"{stored.set_at} by {stored.set_by}: {how}{why}")
+    _add_row(table, "threshold set", f"{stored.set_at} by {stored.set_by}: {how}{why}")
     reason = stale_reason(stored.scale, score_scale(line_config(registry.line(name))))
-    table.add_row("threshold status", f"STALE: {reason}" if reason else "valid for the line's detector")
+    _add_row(table, "threshold status", f"STALE: {reason}" if reason else "valid for the line's detector")
+
+
+def _add_row(table: Table, *cells: str) -> None:
+    """A table row of user-derived text: control characters and rich markup shown as typed, never applied."""
+    table.add_row(*(inert(cell) for cell in cells))
 
 
 def _print_normalities(out: Console, registry: Registry, line: str) -> None:
     from datetime import datetime
 
-    table = Table(title=f"normalities of {line}")
+    table = Table(title=inert(f"normalities of {line}"))
     for column in ("name", "strength", "state", "limits", "added"):
         table.add_column(column, no_wrap=column in ("strength", "added"))
     table.add_column("phrases", ratio=1)
@@ -452,7 +496,8 @@ def _print_normalities(out: Console, registry: Registry, line: str) -> None:
         limits = ", ".join(f"{k} {v}" for k, v in sorted((normality.limits or {}).items())) or "-"
         name = normality.name if normality.text == normality.name else f"{normality.name}\n({normality.text})"
         added = datetime.fromisoformat(normality.added_at)
-        table.add_row(
+        _add_row(
+            table,
             name,
             f"{normality.strength:g}",
             state,
@@ -471,14 +516,16 @@ def _print_preview(out: Console, report: Any) -> None:
     ng_now = sum(p.verdict_before == NG for p in report.parts)
     ng_then = sum(p.verdict_after == NG for p in report.parts)
     out.print(
-        f"preview of {kind} '{report.name}' (strength {report.strength:g}) on line '{report.line}': "
-        f"{len(report.parts)} parts, NG {ng_now} -> {ng_then}, {len(report.flips)} NG -> OK",
+        inert(
+            f"preview of {kind} '{report.name}' (strength {report.strength:g}) on line '{report.line}': "
+            f"{len(report.parts)} parts, NG {ng_now} -> {ng_then}, {len(report.flips)} NG -> OK"
+        ),
         highlight=False,
     )
     if report.threshold is None:
-        out.print(f"verdicts undecided: {report.reason}", highlight=False)
+        out.print(inert(f"verdicts undecided: {report.reason}"), highlight=False)
     else:
-        out.print(f"threshold {report.threshold:.6g} (NG when a score is above it)", highlight=False)
+        out.print(inert(f"threshold {report.threshold:.6g} (NG when a score is above it)"), highlight=False)
     shown = report.flips if report.threshold is not None else report.parts[:20]
     title = "parts it lets through" if report.threshold is not None else "scores (no verdicts without a threshold)"
     table = Table("image", "score now", "with it", "verdict", "accepted by", title=title)
@@ -486,7 +533,8 @@ def _print_preview(out: Console, report: Any) -> None:
         accepted = ("combined: " + " + ".join(part.accepted_by_after)) if part.combined_after else ", ".join(
             part.accepted_by_after
         )
-        table.add_row(
+        _add_row(
+            table,
             Path(part.image).name,
             f"{part.score_before:.4f}",
             f"{part.score_after:.4f}",
@@ -496,12 +544,12 @@ def _print_preview(out: Console, report: Any) -> None:
     out.print(table)
     shares = Table("normality", "parts it lets through now", "with the candidate", title="share of each normality")
     for key in sorted(set(report.shares_before) | set(report.shares_after)):
-        shares.add_row(key, str(report.shares_before.get(key, 0)), str(report.shares_after.get(key, 0)))
+        _add_row(shares, key, str(report.shares_before.get(key, 0)), str(report.shares_after.get(key, 0)))
     out.print(shares)
     for note in report.notes:
-        out.print(f"note: {note}", highlight=False)
+        out.print(inert(f"note: {note}"), highlight=False)
     for refused in report.refused:
-        out.print(f"refused: {refused}", highlight=False, soft_wrap=True)
+        out.print(inert(f"refused: {refused}"), highlight=False, soft_wrap=True)
     out.print(
         f"text encoding {report.text_seconds:.2f} s, scoring {report.scoring_seconds:.2f} s; "
         f"nothing was changed (audit row {report.audit_id})",

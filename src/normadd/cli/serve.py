@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from normadd.cli import options as opt
 from normadd.cli.common import friendly_errors, quiet_libraries
+
+if TYPE_CHECKING:
+    from normadd.serve.settings import ServiceConfig
 
 
 def serve(
-    config: Path, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info", allow_broken_chain: bool = False
+    config: Path | ServiceConfig,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    log_level: str = "info",
+    allow_broken_chain: bool = False,
 ) -> None:
     """Load the line once and serve it until interrupted.
 
@@ -25,7 +33,7 @@ def serve(
     from normadd.serve.settings import ServiceConfig
 
     logging.getLogger("normadd").setLevel(logging.INFO)
-    settings = ServiceConfig.from_yaml(config)
+    settings = config if isinstance(config, ServiceConfig) else ServiceConfig.from_yaml(config)
     settings.allow_broken_audit_chain = settings.allow_broken_audit_chain or allow_broken_chain
     app = create_app(settings)
     uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False)
@@ -44,7 +52,49 @@ def register(app: typer.Typer) -> None:
         allow_broken_audit_chain: Annotated[
             bool, typer.Option(help="Start even if the audit log's hash chain is broken (the finding is audited).")
         ] = False,
+        class_name: opt.ClassName = None,
+        object_name: opt.ObjectName = None,
+        backbone: opt.Backbone = None,
+        weights: opt.Weights = None,
+        projections: opt.Projections = None,
+        layers: opt.Layers = None,
+        image_size: opt.ImageSize = None,
+        resize: opt.Resize = None,
+        image_score: opt.ImageScore = None,
+        detector: opt.Detector = None,
+        shots: opt.Shots = None,
+        reference: opt.Reference = None,
+        maps: opt.Maps = None,
+        memory_bank: opt.MemoryBank = None,
+        detector_backbone: opt.DetectorBackbone = None,
+        detector_weights: opt.DetectorWeights = None,
     ) -> None:
-        """Serve inspections, normalities, the audit log and the web page over HTTP (needs the serve extra)."""
+        """Serve inspections, normalities, the audit log and the web page over HTTP (needs the serve extra).
+
+        The line options override the --config file's line settings, as for inspect; they seed a
+        line the registry does not hold yet (afterwards the registry is the truth).
+        """
+        from normadd.serve.settings import ServiceConfig
+
         quiet_libraries()
-        serve(config, host, port, log_level, allow_broken_audit_chain)
+        settings = ServiceConfig.from_yaml(config)
+        settings.line_config = opt.apply_line_options(
+            settings.line_config,
+            class_name=class_name,
+            backbone=backbone,
+            weights=weights,
+            projections=projections,
+            layers=opt.parse_layers(layers),
+            object_name=object_name,
+            image_size=image_size,
+            resize=resize,
+            image_score=image_score,
+            detector=detector,
+            shots=shots,
+            reference=reference,
+            maps=maps,
+            memory_bank=memory_bank,
+            detector_backbone=detector_backbone,
+            detector_weights=detector_weights,
+        )
+        serve(settings, host, port, log_level, allow_broken_audit_chain)

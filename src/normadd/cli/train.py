@@ -11,7 +11,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from normadd.cli.common import console, friendly_errors, quiet_libraries
+from normadd.cli import options as opt
+from normadd.cli.common import console, friendly_errors, quiet_libraries, say
 from normadd.errors import NormaddError
 
 
@@ -19,45 +20,74 @@ def train_projections(
     data: Annotated[Path, typer.Option("--data", help="Dataset in the MVTec AD layout (root or one class folder).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint to write (.pth).")],
     classes: Annotated[str | None, typer.Option(help="Comma-separated class folders; all when left out.")] = None,
-    backbone: Annotated[str, typer.Option(help="ViT-L-14-336 (default) or tiny-random.")] = "ViT-L-14-336",
-    weights: Annotated[Path | None, typer.Option(help="open_clip weights (.pt/.bin/.safetensors).")] = None,
-    layers: Annotated[str | None, typer.Option(help="Tapped blocks, e.g. 6,12,18,24.")] = None,
+    config_file: opt.ConfigFile = None,
+    object_name: opt.ObjectName = None,
+    backbone: opt.Backbone = None,
+    weights: opt.Weights = None,
+    layers: opt.Layers = None,
+    image_size: opt.ImageSize = None,
+    resize: opt.Resize = None,
     epochs: Annotated[int, typer.Option(help="Total epochs (APRIL-GAN: 3 on MVTec AD, 15 on VisA).")] = 3,
     batch_size: Annotated[int, typer.Option(help="Images per step (APRIL-GAN: 64 on a GPU).")] = 8,
     lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 1e-3,
     seed: Annotated[int, typer.Option(help="Seed of initialisation, order and mosaics.")] = 111,
     mosaic_rate: Annotated[float, typer.Option(help="Chance of a 2x2 mosaic per sample (APRIL-GAN: 0.2).")] = 0.2,
     resume: Annotated[Path | None, typer.Option(help="Continue a run from its checkpoint.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: opt.Device = "auto",
+    precision: opt.Precision = "auto",
 ) -> None:
-    """Train APRIL-GAN's per-layer projections on images with defect masks (CLIP stays frozen)."""
+    """Train APRIL-GAN's per-layer projections on images with defect masks (CLIP stays frozen).
+
+    The line options (--config, --backbone, --weights, --layers, --image-size, --resize,
+    --object-name) mean what they mean for inspect; --object-name needs a single class (--classes).
+    """
     from normadd.backbone.clip_encoder import ClipEncoder
+    from normadd.backbone.specs import get_backbone_spec
+    from normadd.images import first_readable
     from normadd.runtime import resolve_runtime
     from normadd.training.dataset import MaskedImageDataset
     from normadd.training.trainer import ProjectionTrainer, StepReport, TrainingSettings
 
     quiet_libraries()
-    try:
-        tapped = tuple(int(x) for x in layers.split(",") if x.strip()) if layers else None
-    except ValueError:
-        raise NormaddError(f"--layers '{layers}' must be comma-separated block numbers, e.g. 6,12,18,24") from None
+    class_list = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
+    if object_name is not None and (class_list is None or len(class_list) != 1):
+        raise NormaddError("--object-name names the object of one class: pass --classes with one class")
+    # The class name is a placeholder: each trained class is named by its folder.
+    line = opt.line_from_options(
+        config_file,
+        None if config_file is not None else "training",
+        backbone=backbone,
+        weights=weights,
+        layers=layers,
+        image_size=image_size,
+        resize=resize,
+    )
     settings = TrainingSettings(
         epochs=epochs, batch_size=batch_size, learning_rate=lr, seed=seed, mosaic_rate=mosaic_rate
     )
-    runtime = resolve_runtime(device, "fp32" if device == "cpu" else "auto")
+    runtime = resolve_runtime(device, precision)
     if runtime.note:
-        console.print(f"note: {runtime.note}")
-    encoder = ClipEncoder.from_name(backbone, weights=weights, layers=tapped, runtime=runtime)
-    if encoder.is_random:
-        console.print(f"[yellow]warning:[/] {encoder.description}", highlight=False)
-    class_list = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
+        say("note:", runtime.note)
+    layers_tuple = tuple(line.layers) if line.layers else None
+    spec = get_backbone_spec(line.backbone, layers_tuple, line.image_size)  # the run size, before any model loads
+    object_names = {class_list[0]: object_name} if object_name is not None and class_list else {}
+    if line.object_name is not None and class_list is not None and len(class_list) == 1:
+        object_names.setdefault(class_list[0], line.object_name)
     with console.status("checking images and masks"):
-        dataset = MaskedImageDataset.from_mvtec(data, encoder.image_size, class_list)
+        dataset = MaskedImageDataset.from_mvtec(
+            data, spec.image_size, class_list, resize=line.resize, object_names=object_names
+        )
+        first_readable([sample.image for sample in dataset.samples])
+    encoder = ClipEncoder.from_name(
+        line.backbone, weights=line.weights, layers=layers_tuple, runtime=runtime, image_size=line.image_size
+    )
+    if encoder.is_random:
+        say("[yellow]warning:[/]", encoder.description)
     with_masks = sum(sample.mask is not None for sample in dataset.samples)
-    console.print(
-        f"{len(dataset)} images ({with_masks} with masks) of {', '.join(dataset.class_names)} at "
-        f"{encoder.image_size} px on {encoder.spec.name}",
-        highlight=False,
+    say(
+        "",
+        f"{len(dataset)} images ({with_masks} with masks) of {', '.join(dataset.class_names)} "
+        f"(prompts say: {', '.join(dataset.prompt_objects)}) at {encoder.image_size} px on {encoder.spec.name}",
     )
     trainer = ProjectionTrainer(encoder, settings)
     steps = math.ceil(len(dataset) / batch_size)
@@ -87,12 +117,9 @@ def train_projections(
         table.add_row(f"{index + 1}{resumed}", f"{loss:.4f}")
     Console().print(table)
     if result.checkpoint is None:
-        console.print(
-            f"nothing to do: {resume} already has {result.start_epoch} epochs (ask for more with --epochs)",
-            highlight=False,
-        )
+        say("", f"nothing to do: {resume} already has {result.start_epoch} epochs (ask for more with --epochs)")
         return
-    console.print(f"wrote {out} (use it with: normadd inspect --projections {out})", highlight=False)
+    say("", f"wrote {out} (use it with: normadd inspect --projections {out})")
 
 
 def register(app: typer.Typer) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from normadd.config import LineConfig, NormalitySetting
@@ -30,10 +31,13 @@ from normadd.decisions.scale import score_scale, stale_reason
 from normadd.decisions.thresholds import check_threshold
 from normadd.decisions.verdicts import Decision, decide_batch, scores_without_each, undecided
 from normadd.detectors.base import max_scores
+from normadd.images import DEFAULT_RESIZE, letterbox_box
 from normadd.normality.addition import AdditionResult
 from normadd.normality.suppression import keep_factor
 
 LIMIT_KEYS = ("max_area", "max_length", "region")
+_ORIENTATION = 0x0112  # EXIF tag
+_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 NO_THRESHOLD = (
     "the line has no threshold: calibrate one (normadd calibrate) or set it "
     "(threshold: in the line YAML, normadd line set-threshold)"
@@ -100,12 +104,16 @@ class DecisionPolicy:
         scale: The line's current score scale.
         limits: Acceptance limits per normality name (normalities not named are unlimited).
         pixel_size_mm: mm per image pixel (for limits in mm).
+        resize: How the line makes images square (``squash`` or ``letterbox``): with
+            ``letterbox`` a map covers the image's longer side on both axes (the borders are
+            padding), so region masks are padded the same way and sizes measured on that square.
     """
 
     threshold: ThresholdSetting | None
     scale: dict[str, str]
     limits: dict[str, AcceptanceLimits] = field(default_factory=dict)
     pixel_size_mm: float | None = None
+    resize: str = DEFAULT_RESIZE
 
     @classmethod
     def from_config(
@@ -132,7 +140,7 @@ class DecisionPolicy:
         parsed = {name: limits_from_mapping(name, data) for name, data in limits.items() if data}
         for name, item in parsed.items():
             item.check_units(config.pixel_size_mm, name)
-        return cls(threshold, score_scale(config), parsed, config.pixel_size_mm)
+        return cls(threshold, score_scale(config), parsed, config.pixel_size_mm, config.resize)
 
     @property
     def reason(self) -> str | None:
@@ -190,6 +198,9 @@ class DecisionPolicy:
                 keep_channel = torch.tensor([not (item is not None and item.active) for item in items])
                 suppression = suppression * keep_channel.view(1, -1, 1, 1).to(suppression)
             else:
+                if self.resize == "letterbox":
+                    items = [_letterboxed(item) for item in items]
+                    image_sizes = _letterbox_sizes(image_sizes)
                 suppression = limited_suppression(
                     result.before, suppression, items, threshold, image_sizes, self.pixel_size_mm
                 )
@@ -207,8 +218,32 @@ class DecisionPolicy:
         return DecidedResult(result, decisions)
 
 
+def _letterboxed(item: AcceptanceLimits | None) -> AcceptanceLimits | None:
+    """The limits with the region mask padded to a square as a letterboxed image is (centred)."""
+    if item is None or item.region is None:
+        return item
+    height, width = item.region.shape
+    side = max(height, width)
+    left, top, _, _ = letterbox_box(width, height, side)
+    square = np.zeros((side, side), dtype=bool)  # the padding is no part of the region
+    square[top : top + height, left : left + width] = item.region
+    return dataclasses.replace(item, region=square)
+
+
+def _letterbox_sizes(
+    image_sizes: Sequence[tuple[int, int] | None] | None,
+) -> list[tuple[int, int] | None] | None:
+    """The square each letterboxed image's map covers: its longer side on both axes."""
+    if image_sizes is None:
+        return None
+    return [None if size is None else (max(size), max(size)) for size in image_sizes]
+
+
 def image_size(source: str | Path | bytes) -> tuple[int, int]:
-    """(height, width) of an image file or encoded bytes, read from its header only.
+    """Upright (height, width) of an image file or encoded bytes, read from its header only.
+
+    EXIF orientation is applied as the image decoder applies it (a rotated photo reports the
+    size it is inspected at).
 
     Raises:
         DecisionError: Not readable as an image.
@@ -220,6 +255,8 @@ def image_size(source: str | Path | bytes) -> tuple[int, int]:
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
             width, height = image.size
+            if image.getexif().get(_ORIENTATION) in _TRANSPOSING_ORIENTATIONS:
+                width, height = height, width
     except (OSError, UnidentifiedImageError, ValueError) as error:
         raise DecisionError(f"cannot read the size of image {str(source)[:80]}: {error}") from None
     return height, width

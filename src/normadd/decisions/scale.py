@@ -2,7 +2,8 @@
 
 A threshold compares with the detector's own ("before") scores, so it belongs to everything that
 changes them: the detector kind and its backbone, the weights and projections (by content), the
-tapped layers, the class name its prompts name, few-shot references, memory bank or saved maps.
+tapped layers, the class name (and object word) its prompts name, the image size and how images
+become square (``resize``), few-shot references, memory bank or saved maps.
 Added normalities, phrase generator, limits and the threshold itself are *not* part of it:
 they change only the "after" side. The identity is built from the config and the files it names,
 without loading a model (files are fingerprinted by size and a hash of their first and last MiB;
@@ -20,6 +21,7 @@ import os
 from pathlib import Path
 
 from normadd.config import LineConfig
+from normadd.images import DEFAULT_RESIZE
 
 SCALE_KEYS = (
     "detector",
@@ -34,7 +36,13 @@ SCALE_KEYS = (
     "reference",
     "memory_bank",
     "maps",
+    "object_name",
+    "image_size",
+    "resize",
 )
+# Settings left out of the identity at their default, so a threshold stored before they existed
+# (squash was the only resize) stays valid for the same line.
+_DEFAULTS = {"resize": DEFAULT_RESIZE}
 _FILE_KEYS = ("weights", "projections", "detector_weights", "memory_bank")
 _FOLDER_KEYS = ("reference", "maps")
 _CHUNK = 1 << 20
@@ -89,7 +97,7 @@ def score_scale(config: LineConfig) -> dict[str, str]:
             if value is None:
                 scale[key] = "default"
                 continue
-        if value is None or value == "":
+        if value is None or value == "" or _DEFAULTS.get(key) == value:
             continue
         if key in _FILE_KEYS and value != "random":
             scale[key] = file_fingerprint(value)

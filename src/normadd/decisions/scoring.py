@@ -13,7 +13,7 @@ from pathlib import Path
 
 from normadd.decisions.errors import DecisionError
 from normadd.errors import ImageLoadError
-from normadd.images import LoadFailure, collect_images, load_batch
+from normadd.images import DEFAULT_RESIZE, LoadFailure, collect_images, load_batch
 from normadd.normality.addition import NormalityAddition
 
 
@@ -49,6 +49,7 @@ def score_folder(
     option: str,
     batch_size: int = 8,
     on_progress: Callable[[int], None] | None = None,
+    resize: str = DEFAULT_RESIZE,
 ) -> FolderScores:
     """"Before" scores of every image in ``folder`` (recursively), or of a list of image files.
 
@@ -58,6 +59,8 @@ def score_folder(
         option: The option that named it, for messages (``--good``).
         batch_size: Images per forward pass.
         on_progress: Called with the number of images handled after each batch.
+        resize: How images become square (the line's ``resize``: ``squash`` or ``letterbox``),
+            as the line's inspections read them, so the threshold and their scores share one scale.
 
     Raises:
         DecisionError: The folder does not exist, holds no image, or no image could be read.
@@ -71,7 +74,7 @@ def score_folder(
     prepare_batch = getattr(addition.detector, "prepare_batch", None)
     for start in range(0, len(paths), batch_size):
         chunk: Sequence[Path] = paths[start : start + batch_size]
-        loaded, images, failures = load_batch(chunk, addition.input_size)
+        loaded, images, failures = load_batch(chunk, addition.input_size, resize)
         found.failures += failures
         if images is not None:
             if callable(prepare_batch):

@@ -1,8 +1,9 @@
 """APRIL-GAN's zero-shot anomaly detector (VAND 2023 challenge winner), on the shared CLIP pass.
 
 Anomaly map = sum over tapped layers of the per-layer "abnormal" probability maps at the run size
-(518 px for ViT-L-14-336); image score = max of the map (the NAND protocol, not APRIL-GAN's own
-pooled-embedding score).
+(518 px for ViT-L-14-336); image score = max of the map (the NAND protocol), or with
+``image_score="clip"`` APRIL-GAN's own classification score: the softmax, at CLIP's logit scale
+100, of the normalised pooled image embedding against the normal and abnormal text embeddings.
 """
 
 from __future__ import annotations
@@ -10,14 +11,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F  # noqa: N812
 from torch import Tensor
 
 from normadd.backbone.clip_encoder import ClipEncoder, ClipFeatures
 from normadd.detectors.base import DetectionResult, max_scores
 from normadd.detectors.projections import LayerProjections, load_projections
 from normadd.detectors.segmentation import segment
+from normadd.errors import NormaddError
 from normadd.prompts.text_embedding import TextEmbedder
 from normadd.prompts.validation import clean_text
+
+IMAGE_SCORES = ("max", "clip")
+CLIP_LOGIT_SCALE = 100.0  # APRIL-GAN's test.py: (100.0 * image_features @ text_features).softmax(-1)
 
 
 class AprilGanDetector:
@@ -28,6 +34,7 @@ class AprilGanDetector:
         class_name: Object name used in the prompts, as the class folder is named ("bottle").
         projections: Learned per-layer projections; CLIP's own head when None (training-free).
         text_embedder: Shared text embedder (and its cache); a new one when None.
+        image_score: "max" (max of the map) or "clip" (APRIL-GAN's pooled-embedding score).
     """
 
     def __init__(
@@ -36,7 +43,11 @@ class AprilGanDetector:
         class_name: str,
         projections: LayerProjections | None = None,
         text_embedder: TextEmbedder | None = None,
+        image_score: str = "max",
     ) -> None:
+        if image_score not in IMAGE_SCORES:
+            raise NormaddError(f"image_score '{image_score}' is unknown: use {' or '.join(IMAGE_SCORES)}")
+        self.image_score = image_score
         self._encoder = encoder
         self.class_name = clean_text(class_name, "class name")
         self.projections = projections if projections is not None else LayerProjections.clip_head(encoder)
@@ -87,7 +98,15 @@ class AprilGanDetector:
             self.input_size,
             reduce="sum",
         )[:, 0]
+        if self.image_score == "clip":
+            return DetectionResult(maps=maps, scores=self.clip_scores(features))
         return DetectionResult(maps=maps, scores=max_scores(maps))
+
+    def clip_scores(self, features: ClipFeatures) -> Tensor:
+        """APRIL-GAN's image score: P(abnormal) of the pooled embedding against the two texts, (B,)."""
+        image = F.normalize(features.image_embedding.float(), dim=-1)
+        texts = torch.stack([self.normal_embedding, self.abnormal_embedding]).to(image.device).float()
+        return (CLIP_LOGIT_SCALE * image @ F.normalize(texts, dim=-1).T).softmax(dim=-1)[:, 1]
 
     def detect(self, images: Tensor) -> DetectionResult:
         """Anomaly maps and scores for RGB images in [0, 1] (B, 3, H, W)."""

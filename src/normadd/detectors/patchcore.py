@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sized
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from normadd.cache import atomic_write_bytes
 from normadd.detectors.base import DetectionResult, max_scores
 from normadd.errors import MemoryBankMismatchError, WeightsMismatchError, WeightsNotFoundError
+from normadd.progress import NoProgress, ProgressHook
 from normadd.runtime import Runtime, resolve_runtime
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -62,7 +63,9 @@ def sparse_random_projection(n_features: int, n_components: int, generator: torc
     return keep * signs * (math.sqrt(1.0 / density) / math.sqrt(n_components))
 
 
-def greedy_coreset(embeddings: Tensor, ratio: float = 0.1, seed: int = 0, eps: float = 0.9) -> Tensor:
+def greedy_coreset(
+    embeddings: Tensor, ratio: float = 0.1, seed: int = 0, eps: float = 0.9, progress: ProgressHook | None = None
+) -> Tensor:
     """Indices of a k-center greedy coreset of ``embeddings`` (N, D): ``int(N * ratio)`` rows.
 
     Starts from a seeded random row, then repeatedly takes the row farthest from everything taken so
@@ -86,6 +89,9 @@ def greedy_coreset(embeddings: Tensor, ratio: float = 0.1, seed: int = 0, eps: f
         features = features @ projection
     squared_norms = (features * features).sum(dim=1)
     selected = torch.empty(size, dtype=torch.long)
+    progress = progress or NoProgress()
+    progress.start("PatchCore fit: coreset", size)
+    report_every = max(1, size // 100)
     index = int(torch.randint(n, (1,), generator=generator))
     min_distances = torch.full((n,), float("inf"), device=features.device)
     for step in range(size):
@@ -95,6 +101,8 @@ def greedy_coreset(embeddings: Tensor, ratio: float = 0.1, seed: int = 0, eps: f
         min_distances = torch.minimum(min_distances, distances)
         min_distances[index] = 0.0
         index = int(torch.argmax(min_distances))
+        if (step + 1) % report_every == 0 or step + 1 == size:
+            progress.advance(report_every if (step + 1) % report_every == 0 else (step + 1) % report_every)
     return selected
 
 
@@ -382,20 +390,32 @@ class PatchCoreDetector:
         resized = [pooled[0]] + [F.interpolate(p, size=size, mode="bilinear", align_corners=False) for p in pooled[1:]]
         return torch.cat(resized, dim=1)
 
-    def fit(self, batches: Iterable[Tensor]) -> PatchCoreDetector:
+    def fit(self, batches: Iterable[Tensor], progress: ProgressHook | None = None) -> PatchCoreDetector:
         """Build the memory bank from batches of normal RGB images in [0, 1] (B, 3, H, W).
+
+        Args:
+            batches: Normal images; a sized collection lets ``progress`` show a total.
+            progress: Told about the two stages, "features" (images) and "coreset" (selected rows).
 
         Raises:
             ValueError: No images were given.
         """
+        progress = progress or NoProgress()
+        if isinstance(batches, Sized):
+            progress.start("PatchCore fit: features", sum(len(b) for b in batches))  # type: ignore[attr-defined]
+        else:
+            progress.start("PatchCore fit: features", 0)
         collected = []
         for images in batches:
             embedding = self.embed(images)
             collected.append(embedding.permute(0, 2, 3, 1).reshape(-1, embedding.shape[1]).cpu())
+            progress.advance(len(images))
         if not collected:
             raise ValueError("PatchCore needs at least one normal image to fit")
         features = torch.cat(collected)
-        indices = greedy_coreset(features.to(self.runtime.device), self.settings.coreset_ratio, self.seed)
+        indices = greedy_coreset(
+            features.to(self.runtime.device), self.settings.coreset_ratio, self.seed, progress=progress
+        )
         self.memory_bank = features[indices].to(self.runtime.device)
         return self
 

@@ -1,14 +1,25 @@
 """Per-layer linear projections from raw patch tokens into CLIP's joint embedding space.
 
 APRIL-GAN learns one ``nn.Linear(width, embed_dim)`` per tapped layer. They load from a normadd
-checkpoint (which records backbone, layers and dimensions, checked at load) or from the official
-APRIL-GAN checkpoint (``{"trainable_linearlayer": {"fc.<i>.weight", "fc.<i>.bias"}}``). Without a
-checkpoint, a training-free fallback projects every layer through CLIP's own ``ln_post`` + ``proj``.
+checkpoint (which records backbone, layers and dimensions, checked at load), from the official
+APRIL-GAN checkpoint (``{"trainable_linearlayer": {"fc.<i>.weight", "fc.<i>.bias"}}``) or from a
+bare ``{"fc.<i>.weight", "fc.<i>.bias"}`` state dict. Without a checkpoint, a training-free
+fallback projects every layer through CLIP's own ``ln_post`` + ``proj``.
+
+Projections are resolved like weights (:func:`resolve_projections`): a path, or a name of APRIL-GAN's
+published checkpoints (``aprilgan-visa``: ``visa_pretrained.pth``, trained on VisA, the one the paper
+uses on MVTec AD; ``aprilgan-mvtec``: ``mvtec_pretrained.pth``) looked up in ``$NORMADD_PROJECTIONS``
+(a folder) and the cache folder ``$NORMADD_CACHE_DIR/projections``. normadd does not download them:
+no download address for these files could be confirmed, so a user copies them from the official
+APRIL-GAN repository's release into the cache once.
 """
 
 from __future__ import annotations
 
 import io
+import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +27,88 @@ import torch
 from torch import Tensor, nn
 
 from normadd.backbone.clip_encoder import ClipEncoder
-from normadd.cache import atomic_write_bytes
+from normadd.cache import atomic_write_bytes, cache_dir
 from normadd.errors import WeightsMismatchError, WeightsNotFoundError
 
 FORMAT = "normadd-projections"
 FORMAT_VERSION = 1
 OFFICIAL_KEY = "trainable_linearlayer"
+PROJECTIONS_ENV = "NORMADD_PROJECTIONS"
+_BARE_KEY = re.compile(r"^fc\.\d+\.(weight|bias)$")
+
+
+@dataclass(frozen=True)
+class NamedProjections:
+    """A published projections checkpoint normadd knows by name.
+
+    Attributes:
+        filename: The file name APRIL-GAN publishes it under.
+        backbone: The backbone it was trained for.
+        about: What it was trained on, for users.
+    """
+
+    filename: str
+    backbone: str
+    about: str
+
+
+NAMED_PROJECTIONS: dict[str, NamedProjections] = {
+    "aprilgan-visa": NamedProjections("visa_pretrained.pth", "ViT-L-14-336", "APRIL-GAN, trained on VisA"),
+    "aprilgan-mvtec": NamedProjections("mvtec_pretrained.pth", "ViT-L-14-336", "APRIL-GAN, trained on MVTec AD"),
+}
+# Used when no projections are given and the checkpoint resolves (the paper's choice for MVTec AD).
+DEFAULT_PROJECTIONS = {"ViT-L-14-336": "aprilgan-visa"}
+
+
+@dataclass(frozen=True)
+class ResolvedProjections:
+    """Where a projections checkpoint was found: its path and how ("argument", "environment", "cache")."""
+
+    path: Path
+    origin: str
+
+
+def _named_locations(named: NamedProjections) -> list[Path]:
+    folders = []
+    from_env = os.environ.get(PROJECTIONS_ENV, "").strip()
+    if from_env and Path(from_env).is_dir():
+        folders.append(Path(from_env))
+    folders.append(cache_dir("projections"))
+    return [folder / named.filename for folder in folders]
+
+
+def resolve_projections(projections: str | Path | None, backbone: str) -> ResolvedProjections | None:
+    """Find the projections checkpoint a line asks for.
+
+    Order: ``projections`` as a path or a name (:data:`NAMED_PROJECTIONS`); else ``$NORMADD_PROJECTIONS``
+    when it is a file; else the backbone's default name when its file is in ``$NORMADD_PROJECTIONS``
+    (a folder) or the cache; else None (the training-free fallback).
+
+    Raises:
+        WeightsNotFoundError: A name whose file is in none of the places (the message lists them).
+    """
+    if projections is not None and str(projections) in NAMED_PROJECTIONS:
+        named = NAMED_PROJECTIONS[str(projections)]
+        for candidate in _named_locations(named):
+            if candidate.is_file():
+                origin = "cache" if candidate.parent == cache_dir("projections") else "environment"
+                return ResolvedProjections(candidate, origin)
+        places = " or ".join(str(p.parent) for p in _named_locations(named))
+        raise WeightsNotFoundError(
+            f"projections '{projections}' ({named.about}) not found: put APRIL-GAN's {named.filename} in {places} "
+            f"(or a folder named by {PROJECTIONS_ENV}), or pass --projections PATH; normadd does not download it"
+        )
+    if projections is not None:
+        return ResolvedProjections(Path(projections), "argument")
+    from_env = os.environ.get(PROJECTIONS_ENV, "").strip()
+    if from_env and Path(from_env).is_file():
+        return ResolvedProjections(Path(from_env), "environment")
+    default = DEFAULT_PROJECTIONS.get(backbone)
+    if default is not None:
+        for candidate in _named_locations(NAMED_PROJECTIONS[default]):
+            if candidate.is_file():
+                return ResolvedProjections(candidate, f"default {default}")
+    return None
 
 
 class LayerProjections(nn.Module):
@@ -118,7 +205,7 @@ def _read(path: Path) -> dict[str, Any]:
 def load_projections(path: str | Path, encoder: ClipEncoder) -> LayerProjections:
     """Load projections for ``encoder``, checking backbone, layers and shapes.
 
-    Accepts a normadd checkpoint or the official APRIL-GAN one.
+    Accepts a normadd checkpoint, the official APRIL-GAN one, or a bare ``fc.<i>.weight/bias`` state dict.
 
     Raises:
         WeightsNotFoundError: The file does not exist.
@@ -144,16 +231,19 @@ def load_projections(path: str | Path, encoder: ClipEncoder) -> LayerProjections
     elif OFFICIAL_KEY in checkpoint:
         state_dict = checkpoint[OFFICIAL_KEY]
         source = f"APRIL-GAN checkpoint {path}"
+    elif checkpoint and all(isinstance(k, str) and _BARE_KEY.match(k) for k in checkpoint):
+        state_dict = checkpoint  # a bare fc.<i>.weight/bias state dict (shapes are checked below)
+        source = f"projections state dict {path}"
     else:
         raise WeightsMismatchError(
             f"projections file {path} is neither a normadd nor an APRIL-GAN checkpoint "
-            f"(no '{OFFICIAL_KEY}' or 'format' key): pass a projections checkpoint"
+            f"(no '{OFFICIAL_KEY}' or 'format' key, nor only fc.<i>.weight/bias): pass a projections checkpoint"
         )
     projections = LayerProjections(encoder.width, encoder.embed_dim, num_layers, source=source)
     expected = {k: tuple(v.shape) for k, v in projections.state_dict().items()}
-    found = {k: tuple(v.shape) for k, v in state_dict.items()}
+    found = {k: tuple(v.shape) if isinstance(v, Tensor) else () for k, v in state_dict.items()}
     if expected != found:
-        in_found = found.get("fc.0.weight", (None, None))[1]
+        in_found = (found.get("fc.0.weight") or (None, None))[-1]
         raise WeightsMismatchError(
             f"projections file {path} does not fit '{encoder.spec.name}': it has "
             f"{len([k for k in found if k.endswith('.weight')])} layers of input width {in_found}, the "

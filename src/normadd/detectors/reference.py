@@ -1,9 +1,8 @@
 """Reference images of normal parts, as few-shot WinCLIP and PatchCore read them.
 
-References are resized (squashed, PIL bicubic) to the detector's input size exactly as the inspected
-images are, so both go through the same preprocessing. They must share one pixel size: a reference
-of another size than the others is refused by name, because a memory of normal patches squashed
-from several aspect ratios no longer matches the images it is compared with.
+References are resized (PIL bicubic, squashed or letterboxed as the line says) to the detector's
+input size exactly as the inspected images are, so both go through the same preprocessing and
+references of different pixel sizes work just as test images of different sizes do.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ import torch
 from torch import Tensor
 
 from normadd.errors import ImageLoadError, ReferenceImagesError
-from normadd.images import IMAGE_SUFFIXES, open_rgb, to_tensor
+from normadd.images import DEFAULT_RESIZE, IMAGE_SUFFIXES, open_rgb, to_tensor
 
 
 def find_reference_images(folder: str | Path, limit: int | None = None) -> list[Path]:
@@ -42,16 +41,15 @@ def find_reference_images(folder: str | Path, limit: int | None = None) -> list[
     return paths
 
 
-def load_reference_images(paths: Sequence[Path], size: int) -> Tensor:
-    """Read reference images as (K, 3, size, size) in [0, 1].
+def load_reference_images(paths: Sequence[Path], size: int, resize: str = DEFAULT_RESIZE) -> Tensor:
+    """Read reference images as (K, 3, size, size) in [0, 1], resized as test images are.
 
     Raises:
-        ReferenceImagesError: A file cannot be read, or its pixel size differs from the first one's.
+        ReferenceImagesError: A file cannot be read.
     """
     if not paths:
         raise ReferenceImagesError("no reference images given: pass --reference DIR of normal images")
     tensors = []
-    first_size: tuple[int, int] | None = None
     for path in paths:
         try:
             image = open_rgb(path)
@@ -59,17 +57,12 @@ def load_reference_images(paths: Sequence[Path], size: int) -> Tensor:
             raise ReferenceImagesError(
                 f"reference image {error}: replace or remove it from the reference folder"
             ) from None
-        if first_size is None:
-            first_size = image.size
-        elif image.size != first_size:
-            raise ReferenceImagesError(
-                f"reference image {path} is {image.size[0]}x{image.size[1]} but {paths[0]} is "
-                f"{first_size[0]}x{first_size[1]}: give reference images of one size (resize or remove {path.name})"
-            )
-        tensors.append(to_tensor(image, size))
+        tensors.append(to_tensor(image, size, resize))
     return torch.stack(tensors)
 
 
-def load_reference_folder(folder: str | Path, size: int, limit: int | None = None) -> Tensor:
+def load_reference_folder(
+    folder: str | Path, size: int, limit: int | None = None, resize: str = DEFAULT_RESIZE
+) -> Tensor:
     """:func:`find_reference_images` then :func:`load_reference_images`."""
-    return load_reference_images(find_reference_images(folder, limit), size)
+    return load_reference_images(find_reference_images(folder, limit), size, resize)

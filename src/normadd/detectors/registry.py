@@ -14,7 +14,8 @@ from normadd.backbone.clip_encoder import ClipEncoder
 from normadd.backbone.specs import WINCLIP_BACKBONE
 from normadd.detectors.base import Detector
 from normadd.detectors.reference import find_reference_images, load_reference_folder, load_reference_images
-from normadd.errors import NormaddError, WeightsNotFoundError
+from normadd.errors import NormaddError
+from normadd.progress import ProgressHook
 from normadd.runtime import Runtime
 
 DETECTORS = ("aprilgan", "winclip", "patchcore", "maps", "anomalib")
@@ -25,6 +26,8 @@ class DetectorSettings(Protocol):
     """The fields of :class:`normadd.config.LineConfig` a detector reads."""
 
     class_name: str
+    resize: str
+    image_score: str
     detector: str
     detector_backbone: str | None
     detector_weights: str | None
@@ -32,6 +35,11 @@ class DetectorSettings(Protocol):
     reference: str | None
     maps: str | None
     memory_bank: str | None
+
+    @property
+    def prompt_object(self) -> str:
+        """The object word in the prompts."""
+        ...
 
 
 def check_detector_name(name: str) -> str:
@@ -57,20 +65,26 @@ def build_winclip(settings: DetectorSettings, runtime: Runtime | None = None) ->
         raise NormaddError(
             "--reference is given but --shots is 0: pass --shots 1 or 5 for WinCLIP+, or drop --reference"
         )
-    try:
-        encoder = ClipEncoder.from_name(
-            settings.detector_backbone or WINCLIP_BACKBONE, weights=settings.detector_weights, runtime=runtime
-        )
-    except WeightsNotFoundError as error:  # the detector's weights come from --detector-weights, not --weights
-        raise WeightsNotFoundError(str(error).replace("pass --weights PATH", "pass --detector-weights PATH")) from None
+    encoder = ClipEncoder.from_name(  # the detector's weights come from --detector-weights, not --weights
+        settings.detector_backbone or WINCLIP_BACKBONE,
+        weights=settings.detector_weights,
+        runtime=runtime,
+        weights_option="--detector-weights",
+    )
     references = None
     if settings.shots > 0 and settings.reference:
-        references = load_reference_folder(settings.reference, encoder.image_size, settings.shots)
-    return WinClipDetector(encoder, settings.class_name, reference_images=references)
+        references = load_reference_folder(settings.reference, encoder.image_size, settings.shots, settings.resize)
+    image_score = "native" if settings.image_score == "clip" else "max"  # "clip": the detector's own CLIP score
+    return WinClipDetector(encoder, settings.prompt_object, reference_images=references, image_score=image_score)
 
 
-def build_patchcore(settings: DetectorSettings, runtime: Runtime | None = None) -> Detector:
-    """PatchCore from a saved memory bank, or fitted on ``reference`` (and then saved to ``memory_bank``)."""
+def build_patchcore(
+    settings: DetectorSettings, runtime: Runtime | None = None, progress: ProgressHook | None = None
+) -> Detector:
+    """PatchCore from a saved memory bank, or fitted on ``reference`` (and then saved to ``memory_bank``).
+
+    ``progress`` sees the fit's two stages: feature extraction (images), then the coreset (rows).
+    """
     from normadd.detectors.patchcore import DEFAULT_CNN, PatchCoreDetector, resolve_cnn_weights
 
     backbone = settings.detector_backbone or DEFAULT_CNN
@@ -83,15 +97,18 @@ def build_patchcore(settings: DetectorSettings, runtime: Runtime | None = None) 
         missing = f"memory bank {bank} does not exist and " if bank is not None else ""
         raise NormaddError(f"PatchCore: {missing}no --reference DIR of normal images to fit one: pass --reference DIR")
     paths = find_reference_images(settings.reference)
-    images = load_reference_images(paths, detector.input_size)
-    detector.fit(images[start : start + PATCHCORE_BATCH] for start in range(0, len(images), PATCHCORE_BATCH))
+    images = load_reference_images(paths, detector.input_size, settings.resize)
+    batches = [images[start : start + PATCHCORE_BATCH] for start in range(0, len(images), PATCHCORE_BATCH)]
+    detector.fit(batches, progress=progress)
     if bank is not None:
         detector.save(bank)
     return detector
 
 
-def build_detector(settings: DetectorSettings, runtime: Runtime | None = None) -> Detector:
-    """The configured non-APRIL-GAN detector.
+def build_detector(
+    settings: DetectorSettings, runtime: Runtime | None = None, progress: ProgressHook | None = None
+) -> Detector:
+    """The configured non-APRIL-GAN detector (``progress`` shows a PatchCore fit).
 
     Raises:
         NormaddError: Unknown detector, or missing or bad settings for it (one line naming the fix).
@@ -100,7 +117,7 @@ def build_detector(settings: DetectorSettings, runtime: Runtime | None = None) -
     if name == "winclip":
         return build_winclip(settings, runtime)
     if name == "patchcore":
-        return build_patchcore(settings, runtime)
+        return build_patchcore(settings, runtime, progress)
     if name == "maps":
         from normadd.detectors.saved_maps import SavedMapsDetector
 

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from PIL import Image, UnidentifiedImageError
 
-from normadd.errors import NormaddError
+from normadd.errors import ImageLoadError, NormaddError
 from normadd.evaluation.protocol import GOOD
 from normadd.images import IMAGE_SUFFIXES
+from normadd.masks import image_size_of, read_mask, resize_mask
 
 DROPPED_TYPES = ("combined",)  # the paper's protocol drops every "combined" defect type
 MVTEC_GROUPS_FILE = "mvtec_groups.yaml"
@@ -157,25 +157,29 @@ def read_class(root: Path, class_name: str) -> ClassTestSet:
     return test_set
 
 
-def load_mask(mask_path: Path, image_path: Path, size: int) -> np.ndarray:
-    """A defect mask as a boolean (size, size) array: resized bilinearly, then thresholded at 0.5.
+def load_mask(mask_path: Path, image_path: Path, size: int, resize: str = "squash") -> np.ndarray:
+    """A defect mask as a boolean (size, size) array, resized as its image is (bilinear, then > 0.5).
+
+    EXIF orientation is applied to mask and image alike; ``resize`` is the line's ``squash`` or
+    ``letterbox``.
 
     Raises:
         EvaluationDataError: The mask is unreadable or not of its image's size.
     """
     try:
-        with Image.open(image_path) as image:
-            image_size = image.size
-        with Image.open(mask_path) as mask_file:
-            if mask_file.size != image_size:
-                raise EvaluationDataError(
-                    f"mask {mask_path} is {mask_file.size[0]}x{mask_file.size[1]} but its image is "
-                    f"{image_size[0]}x{image_size[1]}: fix or remove the mask"
-                )
-            mask = mask_file.convert("L").resize((size, size), Image.Resampling.BILINEAR)
-    except (OSError, UnidentifiedImageError) as error:
+        image_size = image_size_of(image_path)
+        mask = read_mask(mask_path)
+    except ImageLoadError as error:
         raise EvaluationDataError(f"mask {mask_path} cannot be read ({error})") from None
-    return np.asarray(mask, dtype=np.float32) / 255.0 > 0.5
+    if (mask.shape[1], mask.shape[0]) != image_size:
+        raise EvaluationDataError(
+            f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but its image is "
+            f"{image_size[0]}x{image_size[1]}: fix or remove the mask"
+        )
+    return resize_mask(mask, size, resize).numpy() > 0.5
+
+
+OBJECT_NAMES_KEY = "object_names"  # groups YAML: {object_names: {class folder: object word}}
 
 
 def _parse_groups(data: object, source: str) -> dict[str, list[AnomalyGroup]]:
@@ -183,6 +187,8 @@ def _parse_groups(data: object, source: str) -> dict[str, list[AnomalyGroup]]:
         raise EvaluationDataError(f"{source}: groups must be a mapping 'class: {{group: [defect types]}}'")
     parsed: dict[str, list[AnomalyGroup]] = {}
     for class_name, groups in data.items():
+        if class_name == OBJECT_NAMES_KEY:
+            continue
         if not isinstance(groups, dict) or not all(
             isinstance(types, list) and types and all(isinstance(t, str) for t in types) for types in groups.values()
         ):
@@ -213,6 +219,30 @@ def read_groups_file(path: Path) -> dict[str, list[AnomalyGroup]]:
     except yaml.YAMLError as error:
         raise EvaluationDataError(f"groups file {path} is not valid YAML ({str(error).splitlines()[0]})") from None
     return _parse_groups(data, str(path))
+
+
+def read_object_names(path: Path | None) -> dict[str, str]:
+    """The ``object_names`` map of a groups YAML file (class folder -> object word in the prompts), or {}.
+
+    Raises:
+        EvaluationDataError: Not a mapping of class names to non-empty texts.
+    """
+    if path is None:
+        return {}
+    if not path.is_file():
+        raise EvaluationDataError(f"groups file {path} does not exist: fix --groups")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise EvaluationDataError(f"groups file {path} is not valid YAML ({str(error).splitlines()[0]})") from None
+    names = data.get(OBJECT_NAMES_KEY) if isinstance(data, dict) else None
+    if names is None:
+        return {}
+    if not isinstance(names, dict) or not all(isinstance(v, str) and v.strip() for v in names.values()):
+        raise EvaluationDataError(
+            f"{path}: {OBJECT_NAMES_KEY} must map class folders to object words, e.g. mtd: magnetic tile"
+        )
+    return {str(k): v for k, v in names.items()}
 
 
 def groups_for_class(

@@ -369,7 +369,8 @@ def examples_figure(examples: list[Example], random_weights: bool) -> bytes:
     """Image (mask outlined), map before, suppression and map after, one row per example."""
     figure = Figure(figsize=(9.6, 2.5 * max(len(examples), 1)))
     for row, example in enumerate(examples):
-        picture = load_image(example.image_path, example.before_map.shape[-1]).permute(1, 2, 0).numpy()
+        size = example.before_map.shape[-1]
+        picture = load_image(example.image_path, size, example.resize).permute(1, 2, 0).numpy()
         vmax = float(example.before_map.max()) or 1.0
         panels = (
             (picture, f"{example.defect_type}/{example.image_path.name}", None),

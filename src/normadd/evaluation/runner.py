@@ -14,13 +14,13 @@ added group is counted as a quality department would (:mod:`normadd.decisions.co
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import torch
@@ -62,10 +62,11 @@ from normadd.evaluation.protocol import (
     still_anomalous_subset,
 )
 from normadd.factory import build_addition
-from normadd.images import IMAGE_SUFFIXES, load_batch
+from normadd.images import IMAGE_SUFFIXES, first_readable, load_batch
 from normadd.normality.addition import NormalityAddition
 from normadd.normality.suppression import check_map, keep_factor, resize_maps
 from normadd.normality.text_normality import AddedNormality
+from normadd.progress import NoProgress, ProgressHook
 from normadd.runtime import Runtime
 
 DETECTORS_WITHOUT_FACTORY = ("aprilgan",)
@@ -77,26 +78,6 @@ PAPER_TABLE3_NAMES = {  # (detector, shots) -> its Table 3 row, reported only as
     ("winclip", 5): "WinCLIP (5-shot)",
     ("patchcore", 0): "PatchCore",
 }
-
-
-class ProgressHook(Protocol):
-    """What the runner tells a progress display."""
-
-    def start(self, description: str, total: int) -> None:
-        """A new stage with ``total`` steps begins."""
-        ...
-
-    def advance(self, count: int) -> None:
-        """``count`` more steps are done."""
-        ...
-
-
-class _NoProgress:
-    def start(self, description: str, total: int) -> None:
-        pass
-
-    def advance(self, count: int) -> None:
-        pass
 
 
 @dataclass
@@ -114,6 +95,8 @@ class EvaluationSettings:
         batch_size: Images per detector pass.
         use_cache: Read and write the on-disk feature cache.
         runtime: Device and precision.
+        object_names: Class -> object word in the prompts (the groups YAML's ``object_names``);
+            a class not named gets the line's ``object_name``, else its folder name with ``_`` as spaces.
     """
 
     data: Path
@@ -125,6 +108,12 @@ class EvaluationSettings:
     use_cache: bool = True
     runtime: Runtime | None = None
     false_reject: float | None = 0.01  # decisions: the threshold's target on train/good; None: no decisions
+    object_names: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def resize(self) -> str:
+        """How images and masks become square: the line's ``resize`` (``squash`` by default)."""
+        return self.line.resize if self.line is not None else "squash"
 
 
 @dataclass
@@ -206,6 +195,7 @@ class Example:
     before_map: np.ndarray
     after_map: np.ndarray
     suppression_map: np.ndarray
+    resize: str = "squash"  # how the image became square, so the report draws it under its maps
 
 
 @dataclass
@@ -330,6 +320,8 @@ def line_config(settings: EvaluationSettings, class_name: str) -> LineConfig:
     base = settings.line or LineConfig(class_name=class_name)
     fields = {f.name for f in dataclasses.fields(LineConfig)}
     updates: dict[str, object] = {"class_name": class_name, "normalities": []}
+    if class_name in settings.object_names:
+        updates["object_name"] = settings.object_names[class_name]
     if "examples" in fields:
         updates["examples"] = []
     if "detector" in fields:
@@ -415,14 +407,15 @@ class Evaluator:
         settings: EvaluationSettings,
         progress: ProgressHook | None = None,
         on_note: Callable[[str], None] | None = None,
-        build: Callable[[LineConfig, Runtime | None], NormalityAddition] = build_addition,
+        build: Callable[[LineConfig, Runtime | None], NormalityAddition] | None = None,
     ) -> None:
         if settings.batch_size < 1:
             raise NormaddError("--batch-size must be at least 1")
         self.settings = settings
-        self.progress = progress or _NoProgress()
+        self.progress = progress or NoProgress()
         self.on_note = on_note
-        self.build = build
+        # The factory by default, showing a PatchCore fit (features, then coreset) on the progress display.
+        self.build = build or functools.partial(build_addition, progress=self.progress)
         self.notes: list[str] = []
         self.cost = CostCounts()
         self.model_description = ""
@@ -446,6 +439,7 @@ class Evaluator:
         configured = read_groups_file(settings.groups_file) if settings.groups_file else mvtec_groups()
         class_names = settings.classes or available
         evaluations: list[ClassEvaluation] = []
+        test_sets: list[ClassTestSet] = []
         for class_name in class_names:
             try:
                 test_set = read_class(settings.data, class_name)
@@ -454,6 +448,10 @@ class Evaluator:
                 continue
             for line in test_set.notes:
                 self.note(line)
+            test_sets.append(test_set)
+        if test_sets:  # no readable image at all: say so before any model loads
+            first_readable([image.path for test_set in test_sets for image in test_set.images])
+        for test_set in test_sets:
             evaluation = self.evaluate_class(test_set, configured)
             if evaluation is not None:
                 evaluations.append(evaluation)
@@ -558,7 +556,7 @@ class Evaluator:
         detector = detector_only(addition)
         for start in range(0, len(missing), self.settings.batch_size):
             chunk = missing[start : start + self.settings.batch_size]
-            loaded, pixels, failures = load_batch([paths[i] for i in chunk], addition.input_size)
+            loaded, pixels, failures = load_batch([paths[i] for i in chunk], addition.input_size, self.settings.resize)
             for failure in failures:
                 self.note(f"{class_name}: train image skipped: {failure.reason}")
             if pixels is not None:
@@ -625,7 +623,7 @@ class Evaluator:
         for start in range(0, len(missing), self.settings.batch_size):
             chunk = missing[start : start + self.settings.batch_size]
             paths = [images[i].path for i in chunk]
-            loaded, pixels, failures = load_batch(paths, addition.input_size)
+            loaded, pixels, failures = load_batch(paths, addition.input_size, self.settings.resize)
             for failure in failures:
                 self.note(f"{class_name}: image skipped: {failure.reason}")
             by_path = {path: i for path, i in zip(paths, chunk, strict=True)}
@@ -769,7 +767,7 @@ class Evaluator:
                 masks.append(None)  # already noted when the class was read
             else:
                 try:
-                    masks.append(load_mask(image.mask_path, image.path, size))
+                    masks.append(load_mask(image.mask_path, image.path, size, self.settings.resize))
                 except EvaluationDataError as error:
                     masks.append(None)
                     bad.append(str(error))
@@ -822,7 +820,7 @@ class Evaluator:
             mask = None
             if image.mask_path is not None:
                 try:
-                    mask = load_mask(image.mask_path, image.path, size)
+                    mask = load_mask(image.mask_path, image.path, size, self.settings.resize)
                 except EvaluationDataError:
                     mask = None
             examples.append(
@@ -834,6 +832,7 @@ class Evaluator:
                     maps.before_maps[i].float().numpy(),
                     maps.after_maps[i, k].float().numpy(),
                     suppression.numpy(),
+                    self.settings.resize,
                 )
             )
         return examples

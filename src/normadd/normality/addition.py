@@ -107,6 +107,7 @@ class NormalityAddition:
         masks: Sequence[str | Path | Tensor | None] | Tensor | None = None,
         strength: float = 1.0,
         name: str | None = None,
+        resize: str = "squash",
     ) -> AddedNormality:
         """Add a visual normality shown by example images of the defect, optionally masked.
 
@@ -115,11 +116,12 @@ class NormalityAddition:
             masks: None (whole images), or one per image: a file, a (H, W) tensor, or None.
             strength: s in [0, 1].
             name: Key used to remove it; ``example:<first image>`` when None.
+            resize: ``squash`` or ``letterbox``, as the inspected images.
 
         Raises:
             InvalidMaskError: A mask of another size than its image, or an empty mask.
         """
-        normality = self.normality_detector.make_example_normality(images, masks, strength, name)
+        normality = self.normality_detector.make_example_normality(images, masks, strength, name, resize)
         self._insert(normality)
         return normality
 

@@ -20,6 +20,7 @@ from normadd.backbone.clip_encoder import ClipEncoder, ClipFeatures
 from normadd.detectors.projections import LayerProjections
 from normadd.detectors.segmentation import segment
 from normadd.errors import NormaddError
+from normadd.images import DEFAULT_RESIZE
 from normadd.normality.visual import PatchMemory, build_memory, example_name, load_examples, visual_suppression
 from normadd.prompts.phrases import OfflinePhraseGenerator, PhraseGenerator
 from normadd.prompts.text_embedding import TextEmbedder
@@ -118,6 +119,7 @@ class NormalityDetector:
         masks: Sequence[str | Path | Tensor | None] | Tensor | None = None,
         strength: float = 1.0,
         name: str | None = None,
+        resize: str = DEFAULT_RESIZE,
     ) -> AddedNormality:
         """A visual normality from example images of the now-acceptable defect (optionally masked).
 
@@ -126,6 +128,7 @@ class NormalityDetector:
             masks: None (whole images), or one mask per image: a file, a (H, W) tensor, or None.
             strength: s in [0, 1].
             name: Key used to remove it; ``example:<first image>`` when None.
+            resize: ``squash`` or ``letterbox``, as the line's inspected images.
 
         Raises:
             InvalidMaskError: A mask of another size than its image, or an empty mask.
@@ -133,7 +136,7 @@ class NormalityDetector:
         """
         if not 0.0 <= strength <= 1.0:
             raise ValueError(f"strength must be in [0, 1], got {strength}")
-        examples = load_examples(images, masks, self.encoder.image_size)
+        examples = load_examples(images, masks, self.encoder.image_size, resize)
         memory = build_memory(self.encoder, examples)
         text = "examples " + ", ".join(examples.sources)
         return AddedNormality(name or example_name(examples), text[:120], float(strength), kind="visual", memory=memory)

@@ -36,7 +36,7 @@ from torch import Tensor
 
 from normadd.backbone.clip_encoder import ClipEncoder
 from normadd.errors import InvalidMaskError, NormaddError
-from normadd.images import open_rgb, to_tensor
+from normadd.images import DEFAULT_RESIZE, letterbox_box, open_rgb, to_tensor
 from normadd.masks import binary_mask_tensor, check_mask_fits, patch_coverage, read_mask
 
 COVERAGE_THRESHOLD = 0.5
@@ -84,10 +84,32 @@ class ExampleImages:
     from_files: bool = False
 
 
+def _square_tensor(picture: Tensor, size: int, resize: str) -> Tensor:
+    """A (3, H, W) image as (3, size, size), squashed or letterboxed as :func:`normadd.images.to_tensor` does."""
+    if resize != "letterbox":
+        return F.interpolate(picture[None], size=(size, size), mode="bicubic", antialias=True)[0]
+    left, top, width, height = letterbox_box(int(picture.shape[-1]), int(picture.shape[-2]), size)
+    inner = F.interpolate(picture[None], size=(height, width), mode="bicubic", antialias=True)[0]
+    canvas = torch.zeros(3, size, size, dtype=inner.dtype)
+    canvas[:, top : top + height, left : left + width] = inner
+    return canvas
+
+
+def _pad_to_square(mask: Tensor) -> Tensor:
+    """A (H, W) mask centred on a square of zeros at its own resolution: the letterbox geometry, unscaled."""
+    height, width = mask.shape
+    side = max(height, width)
+    padded = torch.zeros(side, side, dtype=mask.dtype)
+    top, left = (side - height) // 2, (side - width) // 2
+    padded[top : top + height, left : left + width] = mask
+    return padded
+
+
 def load_examples(
     images: Sequence[str | Path] | Tensor,
     masks: Sequence[str | Path | Tensor | None] | Tensor | None,
     size: int,
+    resize: str = DEFAULT_RESIZE,
 ) -> ExampleImages:
     """Read example images (files or a tensor) and their optional masks, checking every pair.
 
@@ -95,6 +117,8 @@ def load_examples(
         images: Image files, or a (K, 3, H, W) tensor in [0, 1].
         masks: None, or one mask per image (a file, a (H, W) tensor, or None for the whole image).
         size: The CLIP run size.
+        resize: ``squash`` or ``letterbox``, as the line's inspected images; a letterboxed mask
+            is padded to a square so its patches line up with the image's.
 
     Raises:
         NormaddError: No images, or a mask count that differs from the image count.
@@ -120,13 +144,13 @@ def load_examples(
                 raise NormaddError(f"example images must be (K, 3, H, W), got {tuple(images.shape)}")
             source = f"example image {index}"
             pixel_size = tuple(picture.shape[-2:])
-            pictures.append(F.interpolate(picture[None], size=(size, size), mode="bicubic", antialias=True)[0])
+            pictures.append(_square_tensor(picture, size, resize))
         else:
             path = Path(images[index])
             source = path.name
             rgb = open_rgb(path)
             pixel_size = (rgb.height, rgb.width)
-            pictures.append(to_tensor(rgb, size))
+            pictures.append(to_tensor(rgb, size, resize))
             if isinstance(mask, str | Path):
                 check_mask_fits(mask, path)
         if mask is None:
@@ -143,7 +167,7 @@ def load_examples(
                 raise InvalidMaskError(
                     f"{what} is empty (no defect pixel): mark the defect, or leave the mask out to use the whole image"
                 )
-            checked.append(binary)
+            checked.append(_pad_to_square(binary) if resize == "letterbox" else binary)
         sources.append(source)
     return ExampleImages(torch.stack(pictures).clamp(0, 1), checked, sources, not isinstance(images, Tensor))
 

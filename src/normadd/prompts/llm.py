@@ -15,6 +15,7 @@ import re
 from typing import Any
 
 from normadd.cache import atomic_write_bytes, cache_dir, cache_key
+from normadd.errors import printable
 from normadd.prompts.phrases import MAX_PHRASES, OfflinePhraseGenerator, PhraseGenerator
 from normadd.prompts.validation import clean_text
 
@@ -59,7 +60,7 @@ class LLMPhraseGenerator:
         try:
             answer = self._ask(obj, defect)
         except Exception as error:
-            logger.warning("LLM phrase generator unavailable (%s): using offline phrases", error)
+            logger.warning("LLM phrase generator unavailable (%s): using offline phrases", printable(str(error)))
             return self.fallback.phrases(obj, defect)
         atomic_write_bytes(path, json.dumps(answer).encode())
         return answer

@@ -79,6 +79,24 @@ class PhraseGenerator(Protocol):
         ...
 
 
+_CONSONANT_SOUND_PREFIXES = ("uni", "use", "usu", "ut", "eu", "ew", "one", "once")
+_VOWEL_SOUND_PREFIXES = ("hour", "honest", "honor", "honour", "heir", "8", "11", "18")
+
+
+def with_article(noun_phrase: str) -> str:
+    """``noun_phrase`` with "a" or "an" by its first sound: "an uneven area", "a unit", "an oil stain".
+
+    Decided by spelling: a vowel letter takes "an", except words that start with a "y"/"w" sound
+    (uni-, use-, eu-, one); a few silent-h words and numbers said with a vowel ("8", "11") take "an".
+    """
+    word = noun_phrase.lower()
+    if word.startswith(_VOWEL_SOUND_PREFIXES):
+        return f"an {noun_phrase}"
+    if word[:1] in "aeiou" and word[:1] and not word.startswith(_CONSONANT_SOUND_PREFIXES):
+        return f"an {noun_phrase}"
+    return f"a {noun_phrase}"
+
+
 def _normal_form(text: str) -> str:
     return " ".join(text.lower().replace("_", " ").replace("-", " ").split())
 
@@ -108,12 +126,13 @@ class OfflinePhraseGenerator:
         candidates: list[str] = []
         if words is None:
             if _looks_like_adjective(key):
-                candidates += [f"{key} {obj}", f"{obj} that is {key}", f"{obj} with a {key} area"]
+                candidates += [f"{key} {obj}", f"{obj} that is {key}", f"{obj} with {with_article(f'{key} area')}"]
             else:
-                candidates += [f"{obj} with {key}", f"{obj} with a {key} defect", f"{key} on the {obj}"]
+                defect_phrase = with_article(f"{key} defect")
+                candidates += [f"{obj} with {key}", f"{obj} with {defect_phrase}", f"{key} on the {obj}"]
         else:
             candidates.append(f"{key} {obj}" if key in words.adjectives else f"{obj} with {key}")
             candidates += [f"{adjective} {obj}" for adjective in words.adjectives]
-            candidates += [f"{obj} with a {noun}" for noun in words.nouns]
+            candidates += [f"{obj} with {with_article(noun)}" for noun in words.nouns]
         unique = list(dict.fromkeys(candidates))
         return unique[: self.limit]

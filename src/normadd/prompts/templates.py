@@ -66,6 +66,11 @@ TEMPLATES: tuple[str, ...] = (
 )
 
 
+def default_object_name(class_name: str) -> str:
+    """The object word of a class folder when none is configured: ``_`` as spaces (``metal_nut``: ``metal nut``)."""
+    return " ".join(class_name.replace("_", " ").split()) or class_name
+
+
 def fill_states(states: Sequence[str], object_name: str) -> list[str]:
     """Put the object name into each state pattern ("flawless {}" -> "flawless bottle")."""
     return [state.format(object_name) for state in states]

@@ -27,7 +27,7 @@ from normadd.decisions.policy import DecisionPolicy, image_size, limits_from_map
 from normadd.decisions.verdicts import COMBINED, NG, OK, Decision
 from normadd.detectors.base import max_scores
 from normadd.errors import NormaddError
-from normadd.images import collect_images, load_image, load_image_bytes
+from normadd.images import DEFAULT_RESIZE, collect_images, load_image, load_image_bytes
 from normadd.normality.addition import AdditionResult
 from normadd.normality.suppression import keep_factor
 from normadd.normality.text_normality import AddedNormality
@@ -98,6 +98,7 @@ class PreviewReport:
         audit_id: The audit row of this preview.
         suppression: Per part index (flips only), the candidate's suppression map (H, W) in [0, 1].
         images: Per part index (flips only), the image bytes or path, for thumbnails.
+        resize: How the line makes images square (``squash`` or ``letterbox``), for thumbnails.
     """
 
     line: str
@@ -119,6 +120,7 @@ class PreviewReport:
     audit_id: int = 0
     suppression: dict[int, Tensor] = field(default_factory=dict, repr=False)
     images: dict[int, bytes | Path] = field(default_factory=dict, repr=False)
+    resize: str = DEFAULT_RESIZE
 
     @property
     def flips(self) -> list[PreviewPart]:
@@ -245,6 +247,7 @@ def preview(
         model.line.name, normality.name, normality.text, normality.strength, list(normality.phrases), staged
     )
     report.text_seconds = text_seconds
+    report.resize = line_resize(model)
     start, cpu_start = time.perf_counter(), time.process_time()
     if recent is not None:
         batches = _retained_batches(model, registry, normality, recent, report, policy.has_limits)
@@ -333,7 +336,10 @@ def _retained_batches(
         report.notes.append(f"{len(passes)} part(s) needed an image pass ({why})")
     for start in range(0, len(passes), BATCH):
         chunk = passes[start : start + BATCH]
-        tensors = torch.stack([load_image_bytes(data, model.input_size, name) for name, _, data in chunk])
+        resize = line_resize(model)
+        tensors = torch.stack(
+            [load_image_bytes(data, model.input_size, name, resize=resize) for name, _, data in chunk]
+        )
         yield _image_pass(
             model,
             candidate,
@@ -355,7 +361,7 @@ def _file_batches(
         tensors: list[Tensor] = []
         for path in paths[start : start + BATCH]:
             try:
-                tensors.append(load_image(path, model.input_size))
+                tensors.append(load_image(path, model.input_size, line_resize(model)))
                 loaded.append(path)
             except NormaddError as error:
                 report.refused.append(str(error))
@@ -365,6 +371,11 @@ def _file_batches(
             yield _image_pass(model, candidate, torch.stack(tensors), names, [""] * len(loaded), shapes, list(loaded))
     if report.refused:
         report.notes.append(f"{len(report.refused)} image(s) could not be read and were skipped")
+
+
+def line_resize(model: LineModel) -> str:
+    """How the line makes images square (its stored ``resize``), as its inspections decode them."""
+    return str(model.line.settings.get("resize", DEFAULT_RESIZE))
 
 
 def _image_pass(

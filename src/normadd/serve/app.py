@@ -43,8 +43,8 @@ from torch import Tensor
 from normadd.decisions.errors import DecisionError
 from normadd.decisions.policy import image_size
 from normadd.decisions.scale import score_scale, stale_reason
-from normadd.errors import ImageLoadError, InvalidTextError, NormaddError
-from normadd.images import load_image_bytes
+from normadd.errors import ImageLoadError, InvalidTextError, NormaddError, printable
+from normadd.images import DEFAULT_RESIZE, load_image_bytes
 from normadd.normality.addition import AdditionResult
 from normadd.registry import approvals
 from normadd.registry.approvals import ChangeNotFoundError, ChangeNotPendingError, PendingChange, SelfApprovalError
@@ -229,7 +229,7 @@ class Service:
             logger.warning(
                 "line '%s' in %s has other settings than the config: the registry's are used "
                 "(create a new line to change them)",
-                stored.name,
+                printable(stored.name),
                 self.registry.path,
             )
         return None
@@ -272,8 +272,10 @@ def _png_base64(picture: Any) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def _maps(result: AdditionResult, index: int, data: bytes, name: str) -> schemas.MapsOut:
-    image = load_image_bytes(data, MAP_SIZE, name)
+def _maps(
+    result: AdditionResult, index: int, data: bytes, name: str, resize: str = DEFAULT_RESIZE
+) -> schemas.MapsOut:
+    image = load_image_bytes(data, MAP_SIZE, name, resize=resize)
     vmax = float(result.before[index].max()) or 1.0  # before and after on one scale, so they compare honestly
     return schemas.MapsOut(
         before=_png_base64(heat_overlay(image, result.before[index], vmax)),
@@ -287,7 +289,7 @@ def _preview_out(report: PreviewReport) -> schemas.PreviewOut:
     for index, map_ in report.suppression.items():
         source = report.images[index]
         data = source if isinstance(source, bytes) else Path(source).read_bytes()
-        image = load_image_bytes(data, MAP_SIZE, items[index].image)
+        image = load_image_bytes(data, MAP_SIZE, items[index].image, resize=report.resize)
         pixels = (image.permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
         items[index].thumbnail = _png_base64(Image.fromarray(pixels))
         items[index].suppression = _png_base64(heat_overlay(image, map_, 1.0))
@@ -470,11 +472,12 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
         contents = [await upload.read() for upload in images]
         names = _upload_names(images, "image")
         size = served.model.input_size
+        resize = str(served.model.line.settings.get("resize", DEFAULT_RESIZE))  # the line's squash or letterbox
 
         def decode() -> Tensor:
             return torch.stack(
                 [
-                    load_image_bytes(data, size, name, settings.max_image_pixels)
+                    load_image_bytes(data, size, name, settings.max_image_pixels, resize)
                     for data, name in zip(contents, names, strict=True)
                 ]
             )
@@ -508,7 +511,8 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
         overlays = (
             await run(
                 lambda: [
-                    _maps(result, i, data, name) for i, (data, name) in enumerate(zip(contents, names, strict=True))
+                    _maps(result, i, data, name, resize)
+                    for i, (data, name) in enumerate(zip(contents, names, strict=True))
                 ]
             )
             if maps
@@ -922,7 +926,7 @@ def _add_error_handlers(app: FastAPI) -> None:
         return handler
 
     async def unexpected(request: Request, error: Exception) -> JSONResponse:
-        logger.exception("unexpected error on %s %s", request.method, request.url.path)
+        logger.exception("unexpected error on %s %s", request.method, printable(request.url.path))
         detail = f"internal error ({type(error).__name__}): please report it"
         return JSONResponse({"error": "internal", "detail": detail}, status_code=500)
 

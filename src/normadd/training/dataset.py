@@ -14,7 +14,7 @@ error line.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,8 +24,9 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from normadd.errors import DatasetError, InvalidMaskError
-from normadd.images import IMAGE_SUFFIXES, load_image
+from normadd.images import DEFAULT_RESIZE, IMAGE_SUFFIXES, check_resize_mode, load_image
 from normadd.masks import check_mask_fits, read_mask, resize_mask
+from normadd.prompts.templates import default_object_name
 
 GOOD = "good"
 MASK_SUFFIX = "_mask"
@@ -99,10 +100,13 @@ class MaskedImageDataset(Dataset[tuple[Tensor, Tensor, int]]):
 
     Args:
         samples: The images, masks and class names.
-        image_size: The run size S both are squash-resized to.
+        image_size: The run size S both are resized to.
         check_masks: Read every mask once now and refuse empty ones of defect images.
         cache: Keep decoded images and masks in memory across epochs; when None, only if the
             whole set at the run size fits in 1 GiB.
+        resize: ``squash`` (APRIL-GAN) or ``letterbox``; masks are resized the same way.
+        object_names: Class -> the object word in the prompts; others get the class folder name
+            with ``_`` as spaces.
 
     Raises:
         DatasetError: No samples, or no sample with a mask.
@@ -115,9 +119,13 @@ class MaskedImageDataset(Dataset[tuple[Tensor, Tensor, int]]):
         image_size: int,
         check_masks: bool = True,
         cache: bool | None = None,
+        resize: str = DEFAULT_RESIZE,
+        object_names: Mapping[str, str] | None = None,
     ) -> None:
         self.samples = list(samples)
         self.image_size = image_size
+        self.resize = check_resize_mode(resize)
+        self.object_names = dict(object_names or {})
         if cache is None:
             cache = len(self.samples) * 4 * image_size * image_size * 4 <= CACHE_LIMIT_BYTES
         self._cache: dict[int, tuple[Tensor, Tensor]] | None = {} if cache else None
@@ -145,6 +153,8 @@ class MaskedImageDataset(Dataset[tuple[Tensor, Tensor, int]]):
         classes: Sequence[str] | None = None,
         split: str = "test",
         cache: bool | None = None,
+        resize: str = DEFAULT_RESIZE,
+        object_names: Mapping[str, str] | None = None,
     ) -> MaskedImageDataset:
         """Collect a dataset in the MVTec AD layout.
 
@@ -154,6 +164,8 @@ class MaskedImageDataset(Dataset[tuple[Tensor, Tensor, int]]):
             classes: Class folder names to keep; all when None.
             split: The split with masks ("test" in MVTec AD).
             cache: Keep decoded images in memory (see the class).
+            resize: ``squash`` or ``letterbox`` (see the class).
+            object_names: Class -> object word in the prompts (see the class).
 
         Raises:
             DatasetError: Missing folder, unknown classes, no masks.
@@ -179,10 +191,15 @@ class MaskedImageDataset(Dataset[tuple[Tensor, Tensor, int]]):
         samples = [sample for folder in class_dirs.values() for sample in class_samples(folder, split)]
         if not samples:
             raise DatasetError(f"no images found under {root}/<class>/{split}/")
-        return cls(samples, image_size, cache=cache)
+        return cls(samples, image_size, cache=cache, resize=resize, object_names=object_names)
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    @property
+    def prompt_objects(self) -> list[str]:
+        """The object word of each class in :attr:`class_names`, as the prompts say it."""
+        return [self.object_names.get(name) or default_object_name(name) for name in self.class_names]
 
     def class_index(self, index: int) -> int:
         """Index into :attr:`class_names` of sample ``index``."""
@@ -193,13 +210,13 @@ class MaskedImageDataset(Dataset[tuple[Tensor, Tensor, int]]):
         sample = self.samples[index]
         if sample.mask is None:
             return torch.zeros(self.image_size, self.image_size)
-        return resize_mask(read_mask(sample.mask), self.image_size)
+        return resize_mask(read_mask(sample.mask), self.image_size, self.resize)
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor, int]:
         if self._cache is not None and index in self._cache:
             image, mask = self._cache[index]
         else:
-            image, mask = load_image(self.samples[index].image, self.image_size), self.load_mask(index)
+            image, mask = load_image(self.samples[index].image, self.image_size, self.resize), self.load_mask(index)
             if self._cache is not None:
                 self._cache[index] = (image, mask)
         return image, mask, self.class_index(index)

@@ -208,7 +208,7 @@ class ProjectionTrainer:
     @torch.no_grad()
     def evaluate(self, projections: LayerProjections, dataset: MaskedImageDataset) -> float:
         """Mean loss of ``projections`` over ``dataset`` (no mosaics, no updates)."""
-        texts = self._texts(dataset.class_names)
+        texts = self._texts(dataset.prompt_objects)
         device = self.encoder.runtime.device
         losses, counts = [], []
         for start in range(0, len(dataset), self.settings.batch_size):
@@ -251,7 +251,7 @@ class ProjectionTrainer:
                 group["lr"] = settings.learning_rate
             result.start_epoch = int(state["epoch"])
             result.epoch_losses = list(state["epoch_losses"])
-        texts = self._texts(dataset.class_names)
+        texts = self._texts(dataset.prompt_objects)
         device = self.encoder.runtime.device
         for epoch in range(result.start_epoch, settings.epochs):
             batches = self._plan(dataset, epoch)
