@@ -169,3 +169,17 @@ def test_an_example_normality_on_an_approval_line_waits_for_a_second_person(db: 
         assert registry.verify_audit_chain().ok
     assert (stored.name, stored.kind, stored.added_by) == ("example:000", "visual", "alice")
     assert stored.memory and stored.sources[0]["image"] == "000.png"
+
+
+def test_change_and_audit_commands_show_user_text_as_typed(db: str) -> None:
+    why = "[red]CAPA[/red] \x1b[2Jcleared"
+    code, out = _run("normality", "add", "line-1", "scratch", "--db", db, "--who", "[b]eve[/b]", "--why", why)
+    assert code == 0, out
+    wide = {"COLUMNS": "400"}
+    for args in (("change", "list", "--db", db), ("audit", "line-1", "--db", db)):
+        result = runner.invoke(app, [*args], env=wide)
+        assert result.exit_code == 0, result.output
+        assert "[red]CAPA[/red]" in result.output and "[b]eve[/b]" in result.output, result.output
+        assert "\x1b" not in result.output and "\\x1b[2Jcleared" in result.output, result.output
+    result = runner.invoke(app, ["change", "reject", "1", "--db", db, "--who", "bob", "--why", "[i]no[/i]\x07"])
+    assert result.exit_code == 0 and "[i]no[/i]\\x07" in result.output and "\x07" not in result.output, result.output

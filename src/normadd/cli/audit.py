@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 from typer.core import TyperGroup
 
-from normadd.cli.common import console, friendly_errors
+from normadd.cli.common import console, friendly_errors, inert
 from normadd.errors import NormaddError
 from normadd.registry.audit_chain import ChainReport, verify_rows
 from normadd.registry.store import DEFAULT_DATABASE, Registry
@@ -73,9 +73,8 @@ def register(app: typer.Typer) -> None:
             return
         table = Table("id", "at", "line", "action", "who", "why", "details")
         for entry in entries:
-            table.add_row(
-                str(entry.id), entry.at, entry.line, entry.action, entry.who, entry.why, _summary(entry.details)
-            )
+            cells = (str(entry.id), entry.at, entry.line, entry.action, entry.who, entry.why, _summary(entry.details))
+            table.add_row(*(inert(cell) for cell in cells))
         out.print(table)
 
     @audit_app.command("verify")
@@ -101,20 +100,24 @@ def register(app: typer.Typer) -> None:
             source = str(db)
         if report.finding is not None:
             console.print(
-                f"[bold red]audit chain broken[/] in {source}: {report.finding} ({report.rows} rows before it match)",
+                "[bold red]audit chain broken[/] "
+                + inert(f"in {source}: {report.finding} ({report.rows} rows before it match)"),
                 highlight=False,
                 soft_wrap=True,
             )
             raise typer.Exit(1)
         if expect_head and expect_head not in hashes:
             console.print(
-                f"[bold red]audit chain rewritten[/] in {source}: the recorded head {expect_head} is not in it",
+                "[bold red]audit chain rewritten[/] "
+                + inert(f"in {source}: the recorded head {expect_head} is not in it"),
                 highlight=False,
                 soft_wrap=True,
             )
             raise typer.Exit(1)
         out.print(
-            f"audit chain ok: {report.rows} rows in {source}; head row {report.head_id} sha256 {report.head_hash}",
+            inert(
+                f"audit chain ok: {report.rows} rows in {source}; head row {report.head_id} sha256 {report.head_hash}"
+            ),
             highlight=False,
             soft_wrap=True,
         )
@@ -139,7 +142,7 @@ def register(app: typer.Typer) -> None:
                     stream.close()
         state = "chain ok" if report.ok else f"CHAIN BROKEN: {report.finding}"
         console.print(
-            f"exported {count} audit rows ({state}); head row {report.head_id} sha256 {report.head_hash}",
+            inert(f"exported {count} audit rows ({state}); head row {report.head_id} sha256 {report.head_hash}"),
             highlight=False,
             soft_wrap=True,
         )

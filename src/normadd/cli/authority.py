@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from normadd.cli.common import admin_notice, friendly_errors
+from normadd.cli.common import admin_notice, friendly_errors, inert
 from normadd.cli.line import default_who
 from normadd.registry import approvals
 from normadd.registry.store import DEFAULT_DATABASE, Registry
@@ -40,7 +40,7 @@ def register(app: typer.Typer) -> None:
             found = approvals.changes(registry, line, None if status == "all" else status)
         table = Table("id", "line", "change", "why", "proposed by", "expires", "status", "decided by")
         for change in found:
-            table.add_row(
+            cells = (
                 str(change.id),
                 change.line,
                 change.summary,
@@ -50,6 +50,7 @@ def register(app: typer.Typer) -> None:
                 change.status,
                 change.decided_by or "-",
             )
+            table.add_row(*(inert(cell) for cell in cells))
         out.print(table)
 
     @change_app.command("approve")
@@ -65,8 +66,10 @@ def register(app: typer.Typer) -> None:
         with Registry(db) as registry:
             change = approvals.approve(registry, change_id, who or default_who(), why)
         out.print(
-            f"approved change {change.id} on line '{change.line}' ({change.summary}), proposed by "
-            f"{change.proposed_by}, approved by {change.decided_by}",
+            inert(
+                f"approved change {change.id} on line '{change.line}' ({change.summary}), proposed by "
+                f"{change.proposed_by}, approved by {change.decided_by}"
+            ),
             highlight=False,
         )
 
@@ -82,7 +85,9 @@ def register(app: typer.Typer) -> None:
         admin_notice(db)
         with Registry(db) as registry:
             change = approvals.reject(registry, change_id, who or default_who(), why)
-        out.print(f"rejected change {change.id} on line '{change.line}' ({change.summary}): {why}", highlight=False)
+        out.print(
+            inert(f"rejected change {change.id} on line '{change.line}' ({change.summary}): {why}"), highlight=False
+        )
 
     @key_app.command("new")
     @friendly_errors
