@@ -139,3 +139,26 @@ def test_backbones_all_lists_open_clip_models_with_their_tags() -> None:
     result = runner.invoke(app, ["backbones", "--all"], env={"COLUMNS": "40"})
     assert result.exit_code == 0, result.output
     assert "ViT-B-16:laion2b_s34b_b88k" in result.output.split()
+
+
+def test_serve_applies_the_line_options_and_keeps_allow_broken_audit_chain(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uvicorn
+
+    import normadd.serve.app
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(normadd.serve.app, "create_app", lambda settings: seen.setdefault("settings", settings))
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: None)
+    config = tmp_path / "line.yaml"
+    config.write_text("class_name: bottle\nbackbone: tiny-random\nservice:\n  api_keys: {k: secret-1}\n")
+    args = ["serve", "--config", str(config), "--resize", "letterbox", "--object-name", "glass bottle"]
+    result = runner.invoke(app, [*args, "--allow-broken-audit-chain"])
+    assert result.exit_code == 0, result.output
+    settings = seen["settings"]
+    assert settings.line_config.resize == "letterbox" and settings.line_config.object_name == "glass bottle"
+    assert settings.allow_broken_audit_chain is True
+    seen.clear()
+    assert runner.invoke(app, args).exit_code == 0
+    assert seen["settings"].allow_broken_audit_chain is False and seen["settings"].line_config.resize == "letterbox"
