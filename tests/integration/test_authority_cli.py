@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -183,3 +184,20 @@ def test_change_and_audit_commands_show_user_text_as_typed(db: str) -> None:
         assert "\x1b" not in result.output and "\\x1b[2Jcleared" in result.output, result.output
     result = runner.invoke(app, ["change", "reject", "1", "--db", db, "--who", "bob", "--why", "[i]no[/i]\x07"])
     assert result.exit_code == 0 and "[i]no[/i]\\x07" in result.output and "\x07" not in result.output, result.output
+
+
+def test_calibrate_on_an_approval_line_proposes_the_threshold(db: str, bottle_dir: Path, tmp_path: Path) -> None:
+    good = tmp_path / "good"
+    good.mkdir()
+    for image in sorted((bottle_dir / "train" / "good").glob("*.png"))[:3]:
+        shutil.copy(image, good / image.name)
+    args = ("calibrate", "line-1", "--good", str(good), "--false-reject", "0.5", "--db", db, "--device", "cpu")
+    code, out = _run(*args, "--who", "alice", "--why", "CAPA-4")
+    assert code == 0 and "needs approval: proposed change 1" in out and "set threshold" in out, out
+    with Registry(Path(db)) as registry:
+        assert registry.threshold("line-1") is None
+    code, out = _run("change", "approve", "1", "--db", db, "--who", "bob")
+    assert code == 0, out
+    with Registry(Path(db)) as registry:
+        stored = registry.threshold("line-1")
+        assert stored is not None and stored.set_by == "alice"
