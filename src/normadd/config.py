@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from normadd.backbone.specs import DEFAULT_BACKBONE
+from normadd.detectors.coreset import CORESET_METHODS
 from normadd.detectors.registry import check_detector_name
 from normadd.errors import NormaddError
 from normadd.normality.text_normality import parse_normality
@@ -107,10 +108,21 @@ class LineConfig:
     reference: str | None = None
     maps: str | None = None
     memory_bank: str | None = None
+    coreset: str = "exact"  # PatchCore's coreset selection when fitting: exact or fast
 
     def __post_init__(self) -> None:
         self.class_name = clean_text(self.class_name, "class name")
+        self.check()
+
+    def check(self) -> None:
+        """Check the settings that take one of a few words (also after options have set them).
+
+        Raises:
+            NormaddError: An unknown detector, coreset method or phrase generator.
+        """
         check_detector_name(self.detector)
+        if self.coreset not in CORESET_METHODS:
+            raise NormaddError(f"coreset '{self.coreset}' is unknown: use {' or '.join(CORESET_METHODS)}")
         if self.phrase_generator not in PHRASE_GENERATORS:
             raise NormaddError(
                 f"phrase_generator '{self.phrase_generator}' is unknown: use {' or '.join(PHRASE_GENERATORS)}"

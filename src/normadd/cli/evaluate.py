@@ -88,6 +88,9 @@ def register(app: typer.Typer) -> None:
         shots: Annotated[
             int | None, typer.Option(help="WinCLIP+ few-shot count (normal images from train/good).")
         ] = None,
+        coreset: Annotated[
+            str | None, typer.Option(help="PatchCore coreset when fitting: exact (default, anomalib's picks) or fast.")
+        ] = None,
         batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 8,
         device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
         precision: Annotated[str, typer.Option(help="auto, fp32 or bf16 (autocast on CUDA).")] = "auto",
@@ -105,6 +108,9 @@ def register(app: typer.Typer) -> None:
         line = config_from_options(config_file, placeholder, backbone, weights, projections)
         if shots is not None:
             line.shots = shots
+        if coreset is not None:
+            line.coreset = coreset
+            line.check()
         runtime = resolve_runtime(device, precision)
         if runtime.note:
             console.print(f"note: {runtime.note}", highlight=False)

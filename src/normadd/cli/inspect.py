@@ -33,7 +33,6 @@ def run_inspection(
 ) -> None:
     """Build the line from the options, score the images and print and write the results."""
     from normadd.config import ExampleSetting, NormalitySetting, config_from_options
-    from normadd.detectors.registry import check_detector_name
     from normadd.factory import build_addition
     from normadd.images import collect_images
     from normadd.inspection import inspect_images
@@ -51,7 +50,7 @@ def run_inspection(
     for key, value in (detector_options or {}).items():
         if value is not None:
             setattr(config, key, str(value) if isinstance(value, Path) else value)
-    check_detector_name(config.detector)
+    config.check()
     config.normalities += [NormalitySetting.parse(spec) for spec in add]
     if masks and len(masks) != len(examples or []):
         raise NormaddError(
@@ -141,6 +140,9 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option(help="Detector's backbone (WinCLIP: ViT-B-16-plus-240; PatchCore: wide_resnet50_2)."),
         ] = None,
+        coreset: Annotated[
+            str | None, typer.Option(help="PatchCore coreset when fitting: exact (default, anomalib's picks) or fast.")
+        ] = None,
         detector_weights: Annotated[
             Path | None,
             typer.Option(help="Detector weights: open_clip file, torchvision state_dict or 'random', anomalib model."),
@@ -155,6 +157,7 @@ def register(app: typer.Typer) -> None:
             "memory_bank": memory_bank,
             "detector_backbone": detector_backbone,
             "detector_weights": detector_weights,
+            "coreset": coreset,
         }
         run_inspection(
             images,

@@ -32,6 +32,7 @@ class DetectorSettings(Protocol):
     reference: str | None
     maps: str | None
     memory_bank: str | None
+    coreset: str
 
 
 def check_detector_name(name: str) -> str:
@@ -75,7 +76,7 @@ def build_patchcore(settings: DetectorSettings, runtime: Runtime | None = None) 
 
     backbone = settings.detector_backbone or DEFAULT_CNN
     weights = resolve_cnn_weights(backbone, settings.detector_weights)
-    detector = PatchCoreDetector(backbone, weights=weights, runtime=runtime)
+    detector = PatchCoreDetector(backbone, weights=weights, runtime=runtime, coreset=settings.coreset)
     bank = Path(settings.memory_bank) if settings.memory_bank else None
     if bank is not None and bank.is_file():
         return detector.load(bank)

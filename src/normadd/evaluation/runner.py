@@ -671,17 +671,19 @@ class Evaluator:
             if not subset:
                 continue
             truth = np.stack([masks[i] for i in subset])  # type: ignore[misc]
-            before = maps.before_maps[subset].float().numpy()
-            after = maps.after_maps[subset, k].float().numpy()
+            # float16 maps as stored: ranked without a sort (metrics.score_ranks); regions labelled once.
+            weights = metrics.region_weights(truth)
+            before_auroc, before_aupro = metrics.pixel_metrics(truth, maps.before_maps[subset].numpy(), weights)
+            after_auroc, after_aupro = metrics.pixel_metrics(truth, maps.after_maps[subset, k].numpy(), weights)
             evaluation.pixel.append(
                 PixelResult(
                     evaluation.name,
                     group.name,
                     len(subset),
-                    _percent(metrics.pixel_auroc(truth, before)),
-                    _percent(metrics.pixel_auroc(truth, after)),
-                    _percent(metrics.aupro(truth, before)),
-                    _percent(metrics.aupro(truth, after)),
+                    _percent(before_auroc),
+                    _percent(after_auroc),
+                    _percent(before_aupro),
+                    _percent(after_aupro),
                 )
             )
             self.progress.advance(1)
