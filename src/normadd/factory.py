@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from normadd.backbone.clip_encoder import ClipEncoder
+from normadd.backbone.pool import EncoderPool
 from normadd.config import LineConfig
 from normadd.detectors.aprilgan import AprilGanDetector
 from normadd.detectors.projections import load_projections
@@ -14,18 +15,20 @@ from normadd.prompts.phrases import OfflinePhraseGenerator, PhraseGenerator
 from normadd.runtime import Runtime
 
 
-def build_addition(config: LineConfig, runtime: Runtime | None = None) -> NormalityAddition:
+def build_addition(
+    config: LineConfig, runtime: Runtime | None = None, encoders: EncoderPool | None = None
+) -> NormalityAddition:
     """APRIL-GAN detector on the configured backbone, wrapped with the configured normalities.
 
     Detector and normality detector share the encoder, projections and text cache, so each
-    image goes through CLIP once.
+    image goes through CLIP once. With ``encoders``, encoders already built in this run are reused
+    (an evaluation over several classes loads each backbone once).
     """
-    encoder = ClipEncoder.from_name(
-        config.backbone,
-        weights=config.weights,
-        layers=tuple(config.layers) if config.layers else None,
-        runtime=runtime,
-    )
+    layers = tuple(config.layers) if config.layers else None
+    if encoders is not None:
+        encoder = encoders.get(config.backbone, config.weights, layers, runtime)
+    else:
+        encoder = ClipEncoder.from_name(config.backbone, weights=config.weights, layers=layers, runtime=runtime)
     projections = load_projections(config.projections, encoder) if config.projections else None
     detector = AprilGanDetector(encoder, config.class_name, projections)
     generator: PhraseGenerator = LLMPhraseGenerator() if config.phrase_generator == "llm" else OfflinePhraseGenerator()
@@ -37,7 +40,7 @@ def build_addition(config: LineConfig, runtime: Runtime | None = None) -> Normal
         phrase_generator=generator,
     )
     if config.detector != "aprilgan":  # another detector runs beside the APRIL-GAN normality detector
-        addition = NormalityAddition(build_detector(config, runtime), normality_detector=normality_detector)
+        addition = NormalityAddition(build_detector(config, runtime, encoders), normality_detector=normality_detector)
     else:
         addition = NormalityAddition(detector, normality_detector=normality_detector)
     for setting in config.normalities:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Protocol
 
 from normadd.backbone.clip_encoder import ClipEncoder
+from normadd.backbone.pool import EncoderPool
 from normadd.backbone.specs import WINCLIP_BACKBONE
 from normadd.detectors.base import Detector
 from normadd.detectors.reference import find_reference_images, load_reference_folder, load_reference_images
@@ -46,8 +47,13 @@ def check_detector_name(name: str) -> str:
     return name
 
 
-def build_winclip(settings: DetectorSettings, runtime: Runtime | None = None) -> Detector:
-    """WinCLIP (``shots`` 0) or WinCLIP+ with the first ``shots`` images of ``reference``."""
+def build_winclip(
+    settings: DetectorSettings, runtime: Runtime | None = None, encoders: EncoderPool | None = None
+) -> Detector:
+    """WinCLIP (``shots`` 0) or WinCLIP+ with the first ``shots`` images of ``reference``.
+
+    With ``encoders``, the CLIP encoder is taken from (or added to) the run's pool.
+    """
     from normadd.detectors.winclip import WinClipDetector
 
     if settings.shots < 0:
@@ -59,9 +65,11 @@ def build_winclip(settings: DetectorSettings, runtime: Runtime | None = None) ->
             "--reference is given but --shots is 0: pass --shots 1 or 5 for WinCLIP+, or drop --reference"
         )
     try:
-        encoder = ClipEncoder.from_name(
-            settings.detector_backbone or WINCLIP_BACKBONE, weights=settings.detector_weights, runtime=runtime
-        )
+        name = settings.detector_backbone or WINCLIP_BACKBONE
+        if encoders is not None:
+            encoder = encoders.get(name, settings.detector_weights, None, runtime)
+        else:
+            encoder = ClipEncoder.from_name(name, weights=settings.detector_weights, runtime=runtime)
     except WeightsNotFoundError as error:  # the detector's weights come from --detector-weights, not --weights
         raise WeightsNotFoundError(str(error).replace("pass --weights PATH", "pass --detector-weights PATH")) from None
     references = None
@@ -91,15 +99,17 @@ def build_patchcore(settings: DetectorSettings, runtime: Runtime | None = None) 
     return detector
 
 
-def build_detector(settings: DetectorSettings, runtime: Runtime | None = None) -> Detector:
-    """The configured non-APRIL-GAN detector.
+def build_detector(
+    settings: DetectorSettings, runtime: Runtime | None = None, encoders: EncoderPool | None = None
+) -> Detector:
+    """The configured non-APRIL-GAN detector (CLIP encoders from ``encoders`` when given).
 
     Raises:
         NormaddError: Unknown detector, or missing or bad settings for it (one line naming the fix).
     """
     name = check_detector_name(settings.detector)
     if name == "winclip":
-        return build_winclip(settings, runtime)
+        return build_winclip(settings, runtime, encoders)
     if name == "patchcore":
         return build_patchcore(settings, runtime)
     if name == "maps":

@@ -10,6 +10,7 @@ groups added at once. Bad input is reported as notes and the run goes on with th
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import time
 from collections.abc import Callable, Sequence
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from normadd.backbone.pool import EncoderPool
 from normadd.config import LineConfig
 from normadd.detectors.base import ClipFeatureDetector, max_scores
 from normadd.errors import (
@@ -373,7 +375,8 @@ class Evaluator:
         settings: What to evaluate.
         progress: Progress display; none when None.
         on_note: Called with each one-line note as it happens.
-        build: Builds a class's detector with its normality detector (the factory by default).
+        build: Builds a class's detector with its normality detector (the factory by default, with
+            one :class:`~normadd.backbone.pool.EncoderPool` for the run: each encoder loads once).
     """
 
     def __init__(
@@ -381,14 +384,15 @@ class Evaluator:
         settings: EvaluationSettings,
         progress: ProgressHook | None = None,
         on_note: Callable[[str], None] | None = None,
-        build: Callable[[LineConfig, Runtime | None], NormalityAddition] = build_addition,
+        build: Callable[[LineConfig, Runtime | None], NormalityAddition] | None = None,
     ) -> None:
         if settings.batch_size < 1:
             raise NormaddError("--batch-size must be at least 1")
         self.settings = settings
         self.progress = progress or _NoProgress()
         self.on_note = on_note
-        self.build = build
+        self.encoders = EncoderPool()
+        self.build = build or functools.partial(build_addition, encoders=self.encoders)
         self.notes: list[str] = []
         self.cost = CostCounts()
         self.model_description = ""
