@@ -32,6 +32,7 @@ from typing import Any
 import yaml
 
 from normadd.backbone.specs import DEFAULT_BACKBONE
+from normadd.detectors.coreset import CORESET_METHODS
 from normadd.detectors.registry import check_detector_name
 from normadd.errors import NormaddError
 from normadd.images import DEFAULT_RESIZE, check_resize_mode
@@ -184,6 +185,8 @@ class LineConfig:
     threshold: float | None = None
     threshold_scale: dict[str, str] | None = None
     pixel_size_mm: float | None = None
+    # PatchCore's coreset selection when fitting (issue 15): exact (anomalib's picks) or fast.
+    coreset: str = "exact"
 
     def __post_init__(self) -> None:
         from normadd.decisions.limits import check_pixel_size, parse_size
@@ -194,6 +197,8 @@ class LineConfig:
             self.object_name = clean_text(self.object_name, "object name")
         RetentionSettings.from_setting(self.retain)
         check_detector_name(self.detector)
+        if self.coreset not in CORESET_METHODS:
+            raise NormaddError(f"coreset '{self.coreset}' is unknown: use {' or '.join(CORESET_METHODS)}")
         check_resize_mode(self.resize)
         if self.image_score not in IMAGE_SCORES:
             raise NormaddError(f"image_score '{self.image_score}' is unknown: use {' or '.join(IMAGE_SCORES)}")

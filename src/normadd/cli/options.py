@@ -82,6 +82,10 @@ Maps = Annotated[Path | None, typer.Option(help="Folder of saved anomaly maps (-
 MemoryBank = Annotated[
     Path | None, typer.Option(help="PatchCore memory bank: loaded if it exists, else fitted and saved.")
 ]
+Coreset = Annotated[
+    str | None,
+    typer.Option(help="PatchCore coreset when fitting: exact (default, anomalib's picks) or fast (128-d projection)."),
+]
 Device = Annotated[str, typer.Option(help=f"{', '.join(DEVICES[:-1])} or {DEVICES[-1]}.")]
 Precision = Annotated[
     str,
@@ -105,6 +109,7 @@ LINE_OPTION_FIELDS = (
     "reference",
     "maps",
     "memory_bank",
+    "coreset",
 )
 
 
