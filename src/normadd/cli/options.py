@@ -90,8 +90,9 @@ Device = Annotated[str, typer.Option(help=f"{', '.join(DEVICES[:-1])} or {DEVICE
 Precision = Annotated[
     str,
     typer.Option(
-        help=f"{', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}: auto is bf16 autocast on a GPU, fp32 on the CPU; "
-        "bf16 and fp16 autocast on a GPU (APRIL-GAN's code runs fp16)."
+        help=f"{', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}: auto is bf16 autocast on a GPU and on a CPU "
+        "with native bf16 (AVX512_BF16 or AMX-BF16), else fp32; bf16 and fp16 autocast on a GPU (APRIL-GAN's "
+        "code runs fp16), bf16 also on a CPU with native bf16."
     ),
 ]
 
