@@ -7,6 +7,11 @@ cost the same compute as trained ones. Writes ``results/bench_detectors.csv``.
 
     python benchmarks/bench_detectors.py                    # 2 images per detector, CPU
     python benchmarks/bench_detectors.py --images 4 --fit-images 20
+    python -m benchmarks.bench_detectors --detectors winclip-0shot --anomalib-python /tmp/anomalib-venv/bin/python
+
+With ``--anomalib-python`` (the Python of an environment with ``anomalib[clip]==2.7.0``, open_clip
+2.24), every WinCLIP row is followed by anomalib's own WinCLIP on the same images in the same run
+(``benchmarks/anomalib_winclip_worker.py``); that run writes ``results/bench_detectors_winclip.csv``.
 """
 
 from __future__ import annotations
@@ -56,9 +61,18 @@ def bench_one(name: str, count: int, fit_images: int, device: str) -> dict:
             if name.endswith("1shot"):
                 detector.set_reference(torch.rand(1, 3, 240, 240))
             setup = time.perf_counter() - start
+            torch.manual_seed(0)  # the images the anomalib worker draws
             images = torch.rand(count, 3, 240, 240)
             seconds = timed(lambda: detector.detect(images), runtime.device, 1)
-        return _row(f"WinCLIP {name.split('-')[1]} (ViT-B-16-plus-240)", 240, count, seconds, setup, peak.mib)
+        return _row(
+            f"normadd WinCLIP {name.split('-')[1]} (ViT-B-16-plus-240)",
+            240,
+            count,
+            seconds,
+            setup,
+            peak.mib,
+            images_checksum=round(float(images.sum()), 3),
+        )
     if name == "patchcore":
         from normadd.detectors.patchcore import PatchCoreDetector
         from normadd.detectors.reference import find_reference_images, load_reference_images
@@ -102,6 +116,7 @@ def main() -> None:
     parser.add_argument("--fit-images", type=int, default=209, help="Bottle training images PatchCore fits on.")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--detectors", nargs="+", default=list(DETECTORS), choices=DETECTORS)
+    parser.add_argument("--anomalib-python", help="Python of an anomalib 2.7 + open_clip 2.24 environment.")
     parser.add_argument("--only", choices=DETECTORS, help=argparse.SUPPRESS)  # worker mode: print one JSON row
     args = parser.parse_args()
     if args.only:
@@ -116,13 +131,22 @@ def main() -> None:
             done = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(f"done: {name}", file=sys.stderr)
+        if name.startswith("winclip") and args.anomalib_python:
+            worker = Path(__file__).with_name("anomalib_winclip_worker.py")
+            shots = "1" if name.endswith("1shot") else "0"
+            command = [args.anomalib_python, str(worker), "--images", str(args.images), "--shots", shots]
+            done = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
+            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(f"done: anomalib {name}", file=sys.stderr)
     columns = ["detector", "input", "images", "images_per_s", "s_per_image", "setup_s", "peak_rss_mib"]
-    columns += ["fit_images", "memory_bank"]
+    columns += ["fit_images", "memory_bank", "images_checksum"]
     rows = [{c: row.get(c, "") for c in columns} for row in rows]
     print(machine_line(resolve_runtime(args.device, "auto").device))
+    print(f"load average (1, 5, 15 min) at the end: {os.getloadavg()}")
     print("setup_s = model build + text (WinCLIP, APRIL-GAN) or PatchCore fit (load, features, coreset)")
     print_table(rows)
-    write_csv(rows, RESULTS / "bench_detectors.csv")
+    # With anomalib's rows the run is the side-by-side WinCLIP comparison: its own file.
+    write_csv(rows, RESULTS / ("bench_detectors_winclip.csv" if args.anomalib_python else "bench_detectors.csv"))
 
 
 if __name__ == "__main__":

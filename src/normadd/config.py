@@ -32,6 +32,7 @@ from typing import Any
 import yaml
 
 from normadd.backbone.specs import DEFAULT_BACKBONE
+from normadd.detectors.coreset import CORESET_METHODS
 from normadd.detectors.registry import check_detector_name
 from normadd.errors import NormaddError
 from normadd.images import DEFAULT_RESIZE, check_resize_mode
@@ -187,6 +188,8 @@ class LineConfig:
     # Authority (issue 18): "required" makes every change wait for a second person's approval.
     approval: str = "none"
     approval_expires_hours: float = 72.0
+    # PatchCore's coreset selection when fitting (issue 15): exact (anomalib's picks) or fast.
+    coreset: str = "exact"
 
     def __post_init__(self) -> None:
         from normadd.decisions.limits import check_pixel_size, parse_size
@@ -201,6 +204,8 @@ class LineConfig:
         if not float(self.approval_expires_hours) > 0:
             raise NormaddError(f"approval_expires_hours must be above 0, got {self.approval_expires_hours}")
         check_detector_name(self.detector)
+        if self.coreset not in CORESET_METHODS:
+            raise NormaddError(f"coreset '{self.coreset}' is unknown: use {' or '.join(CORESET_METHODS)}")
         check_resize_mode(self.resize)
         if self.image_score not in IMAGE_SCORES:
             raise NormaddError(f"image_score '{self.image_score}' is unknown: use {' or '.join(IMAGE_SCORES)}")

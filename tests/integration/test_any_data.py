@@ -141,6 +141,8 @@ def test_unknown_resize_and_map_format_are_one_line_each(tmp_path: Path) -> None
     assert code == 2 and "resize 'crop' is unknown: choose squash or letterbox" in output
     code, output = _inspect(str(image), "-c", "part", *TINY, "--save-maps", "png")
     assert code == 2 and "--save-maps 'png' is unknown: choose npy or tiff" in output
+    code, output = _inspect(str(image), "-c", "part", *TINY, "--coreset", "approx")
+    assert code == 2 and "coreset 'approx' is unknown: use exact or fast" in output
 
 
 def _mixed_size_references(folder: Path) -> Path:
@@ -159,6 +161,18 @@ def test_patchcore_fits_on_references_of_different_sizes_with_a_progress_bar(tmp
     )  # fmt: skip
     assert code == 0, output
     assert "PatchCore fit: features" in output and "PatchCore fit: coreset" in output
+
+
+def test_patchcore_fast_coreset_is_a_line_option_of_inspect(tmp_path: Path) -> None:
+    references = _mixed_size_references(tmp_path / "refs")
+    image = _gray_jpeg(tmp_path / "part.jpg", size=(70, 30))
+    code, output = _inspect(
+        str(image), "-c", "part", *TINY, "--detector", "patchcore", "--coreset", "fast",
+        "--detector-backbone", "resnet18", "--detector-weights", "random", "--reference", str(references),
+        "-o", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert code == 0, output
+    assert "PatchCore fit: coreset" in output
 
 
 def test_winclip_few_shot_takes_references_of_different_sizes(tmp_path: Path) -> None:

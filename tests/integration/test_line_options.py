@@ -35,6 +35,7 @@ SHARED_LINE_FLAGS = {
     "--reference",
     "--maps",
     "--memory-bank",
+    "--coreset",
 }
 # Commands that build a full line (APRIL-GAN or another detector plus the normality detector).
 LINE_COMMANDS = (("inspect",), ("evaluate",), ("serve",), ("line", "create"), ("calibrate",))

@@ -441,3 +441,14 @@ def test_resize_and_object_name_are_part_of_the_score_scale_only_when_set() -> N
     assert reason is not None and "resize" in reason
     named = LineConfig(class_name="bottle", backbone="tiny-random", object_name="glass bottle")
     assert stale_reason(score_scale(base), score_scale(named)) is not None
+
+
+def test_the_patchcore_coreset_is_part_of_the_score_scale_only_for_patchcore_and_when_not_exact() -> None:
+    base = LineConfig(class_name="bottle", backbone="tiny-random", detector="patchcore")
+    assert "coreset" not in score_scale(base)  # thresholds stored before the setting existed stay valid
+    fast = LineConfig(class_name="bottle", backbone="tiny-random", detector="patchcore", coreset="fast")
+    reason = stale_reason(score_scale(base), score_scale(fast))
+    assert reason is not None and "coreset" in reason
+    aprilgan = LineConfig(class_name="bottle", backbone="tiny-random")
+    ignored = LineConfig(class_name="bottle", backbone="tiny-random", coreset="fast")
+    assert stale_reason(score_scale(aprilgan), score_scale(ignored)) is None

@@ -182,3 +182,27 @@ def test_wrong_weights_stop_the_run_with_their_one_line(dataset: Path, tmp_path:
     line = LineConfig(class_name="widget", backbone="tiny-random", weights=str(tmp_path / "missing.pt"))
     with pytest.raises(NormaddError, match=r"missing\.pt \(from --weights\) does not exist"):
         Evaluator(_settings(dataset, ["single", "widget"], line=line)).run()
+
+
+@pytest.mark.parametrize(("detector", "loads"), [("aprilgan", 1), ("winclip", 2)])
+def test_an_evaluation_of_three_classes_loads_each_encoder_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, detector: str, loads: int
+) -> None:
+    from normadd.backbone import clip_encoder
+
+    for name in ("widget", "gadget", "gizmo"):
+        _make_class(tmp_path, name, ("scratch", "dent"), per_type=1)
+    built: list[str] = []
+    create_model = clip_encoder._create_model
+
+    def counting_create_model(spec, weights):  # type: ignore[no-untyped-def]
+        built.append(spec.name)
+        return create_model(spec, weights)
+
+    monkeypatch.setattr(clip_encoder, "_create_model", counting_create_model)
+    line = LineConfig(class_name="widget", backbone="tiny-random", detector_backbone="tiny-random-winclip")
+    settings = EvaluationSettings(data=tmp_path, line=line, detector=detector, batch_size=4, use_cache=False)
+    evaluator = Evaluator(settings)
+    result = evaluator.run()
+    assert sorted(c.name for c in result.classes) == ["gadget", "gizmo", "widget"]
+    assert len(built) == loads == evaluator.encoders.loads  # tiny-random (and WinCLIP's tiny-random-winclip)

@@ -115,4 +115,5 @@ def test_a_line_created_from_a_config_with_a_threshold_stores_it_for_that_detect
             "shots": 0,
             "resize": "squash",
             "image_score": "max",
+            "coreset": "exact",
         }

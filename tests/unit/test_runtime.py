@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
+from normadd import runtime as runtime_module
 from normadd.errors import DeviceError, NormaddError
-from normadd.runtime import DEVICES, PRECISIONS, Runtime, resolve_runtime
+from normadd.runtime import DEVICES, PRECISIONS, Runtime, cpu_bf16_flags, resolve_runtime
 
 
 @pytest.fixture
@@ -14,15 +17,41 @@ def no_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
 
 
+@pytest.fixture(autouse=True)
+def plain_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CPU without native bf16 unless a test says otherwise."""
+    monkeypatch.setattr(runtime_module, "cpu_bf16_flags", lambda: ())
+
+
+@pytest.fixture
+def bf16_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtime_module, "cpu_bf16_flags", lambda: ("avx512_bf16",))
+
+
 @pytest.fixture
 def with_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the default on a machine without CUDA")
-def test_the_default_on_this_machine_is_cpu_fp32_without_a_note() -> None:
-    runtime = resolve_runtime()
-    assert runtime == Runtime(torch.device("cpu"), "fp32", "")
+@pytest.mark.usefixtures("no_cuda")
+def test_a_cpu_with_native_bf16_runs_bf16_under_auto_and_says_so(bf16_cpu: None) -> None:
+    runtime = resolve_runtime("auto", "auto")
+    assert (runtime.device.type, runtime.precision) == ("cpu", "bf16")
+    assert "avx512_bf16" in runtime.note and "--precision fp32" in runtime.note
+    assert resolve_runtime("cpu", "bf16") == Runtime(torch.device("cpu"), "bf16", "")
+    assert resolve_runtime("cpu", "fp32") == Runtime(torch.device("cpu"), "fp32", "")
+
+
+def test_bf16_flags_are_read_from_cpuinfo(tmp_path: Path) -> None:
+    cases = {
+        "avx512": ("fpu sse2 avx512f avx512_vnni avx512_bf16", ("avx512_bf16",)),
+        "amx": ("fpu sse2 avx2 amx_tile amx_bf16", ("amx_bf16",)),
+        "neither": ("fpu sse2 avx2 avx512f", ()),
+    }
+    for name, (flags, expected) in cases.items():
+        (tmp_path / name).write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+        assert cpu_bf16_flags(str(tmp_path / name)) == expected
+    assert cpu_bf16_flags(str(tmp_path / "missing")) == ()
 
 
 @pytest.mark.usefixtures("no_cuda")

@@ -65,6 +65,7 @@ def register(app: typer.Typer) -> None:
         memory_bank: opt.MemoryBank = None,
         detector_backbone: opt.DetectorBackbone = None,
         detector_weights: opt.DetectorWeights = None,
+        coreset: opt.Coreset = None,
         batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 8,
         device: opt.Device = "auto",
         precision: opt.Precision = "auto",
@@ -96,6 +97,7 @@ def register(app: typer.Typer) -> None:
             "--memory-bank": memory_bank,
             "--detector-backbone": detector_backbone,
             "--detector-weights": detector_weights,
+            "--coreset": coreset,
         }
         given = [flag for flag, value in line_options.items() if value is not None]
         if line is not None and given:
@@ -150,6 +152,7 @@ def register(app: typer.Typer) -> None:
                 memory_bank=memory_bank,
                 detector_backbone=detector_backbone,
                 detector_weights=detector_weights,
+                coreset=coreset,
             )
             config.normalities, config.examples = [], []  # calibration reads "before" scores only
             with console.status("loading the detector"):

@@ -200,6 +200,7 @@ def register(app: typer.Typer) -> None:
         memory_bank: opt.MemoryBank = None,
         detector_backbone: opt.DetectorBackbone = None,
         detector_weights: opt.DetectorWeights = None,
+        coreset: opt.Coreset = None,
         save_maps: Annotated[
             str | None,
             typer.Option(help="Also write the raw float maps (before, suppression, after) as npy or tiff."),
@@ -227,6 +228,7 @@ def register(app: typer.Typer) -> None:
             memory_bank=memory_bank,
             detector_backbone=detector_backbone,
             detector_weights=detector_weights,
+            coreset=coreset,
         )
         run_inspection(
             images, config, add, out, batch_size, device, precision, llm, add_example, mask, save_maps, threshold

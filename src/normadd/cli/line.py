@@ -67,6 +67,7 @@ def register(app: typer.Typer) -> None:
         memory_bank: opt.MemoryBank = None,
         detector_backbone: opt.DetectorBackbone = None,
         detector_weights: opt.DetectorWeights = None,
+        coreset: opt.Coreset = None,
         db: DbOption = DEFAULT_DATABASE,
         who: WhoOption = None,
         why: WhyOption = "",
@@ -93,6 +94,7 @@ def register(app: typer.Typer) -> None:
             memory_bank=memory_bank,
             detector_backbone=detector_backbone,
             detector_weights=detector_weights,
+            coreset=coreset,
         )
         admin_notice(db)
         with Registry(db) as registry:

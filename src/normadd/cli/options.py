@@ -82,12 +82,17 @@ Maps = Annotated[Path | None, typer.Option(help="Folder of saved anomaly maps (-
 MemoryBank = Annotated[
     Path | None, typer.Option(help="PatchCore memory bank: loaded if it exists, else fitted and saved.")
 ]
+Coreset = Annotated[
+    str | None,
+    typer.Option(help="PatchCore coreset when fitting: exact (default, anomalib's picks) or fast (128-d projection)."),
+]
 Device = Annotated[str, typer.Option(help=f"{', '.join(DEVICES[:-1])} or {DEVICES[-1]}.")]
 Precision = Annotated[
     str,
     typer.Option(
-        help=f"{', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}: auto is bf16 autocast on a GPU, fp32 on the CPU; "
-        "bf16 and fp16 autocast on a GPU (APRIL-GAN's code runs fp16)."
+        help=f"{', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}: auto is bf16 autocast on a GPU and on a CPU "
+        "with native bf16 (AVX512_BF16 or AMX-BF16), else fp32; bf16 and fp16 autocast on a GPU (APRIL-GAN's "
+        "code runs fp16), bf16 also on a CPU with native bf16."
     ),
 ]
 
@@ -105,6 +110,7 @@ LINE_OPTION_FIELDS = (
     "reference",
     "maps",
     "memory_bank",
+    "coreset",
 )
 
 

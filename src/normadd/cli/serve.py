@@ -68,6 +68,7 @@ def register(app: typer.Typer) -> None:
         memory_bank: opt.MemoryBank = None,
         detector_backbone: opt.DetectorBackbone = None,
         detector_weights: opt.DetectorWeights = None,
+        coreset: opt.Coreset = None,
     ) -> None:
         """Serve inspections, normalities, the audit log and the web page over HTTP (needs the serve extra).
 
@@ -96,5 +97,6 @@ def register(app: typer.Typer) -> None:
             memory_bank=memory_bank,
             detector_backbone=detector_backbone,
             detector_weights=detector_weights,
+            coreset=coreset,
         )
         serve(settings, host, port, log_level, allow_broken_audit_chain)

@@ -3,7 +3,8 @@
 A threshold compares with the detector's own ("before") scores, so it belongs to everything that
 changes them: the detector kind and its backbone, the weights and projections (by content), the
 tapped layers, the class name (and object word) its prompts name, the image size and how images
-become square (``resize``), few-shot references, memory bank or saved maps.
+become square (``resize``), few-shot references, memory bank or saved maps, and PatchCore's
+coreset method (which rows a fit keeps; only for ``detector: patchcore``).
 Added normalities, phrase generator, limits and the threshold itself are *not* part of it:
 they change only the "after" side. The identity is built from the config and the files it names,
 without loading a model (files are fingerprinted by size and a hash of their first and last MiB;
@@ -39,10 +40,12 @@ SCALE_KEYS = (
     "object_name",
     "image_size",
     "resize",
+    "coreset",
 )
 # Settings left out of the identity at their default, so a threshold stored before they existed
 # (squash was the only resize) stays valid for the same line.
-_DEFAULTS = {"resize": DEFAULT_RESIZE}
+_DEFAULTS = {"resize": DEFAULT_RESIZE, "coreset": "exact"}
+_PATCHCORE_KEYS = ("coreset",)  # settings only PatchCore reads
 _FILE_KEYS = ("weights", "projections", "detector_weights", "memory_bank")
 _FOLDER_KEYS = ("reference", "maps")
 _CHUNK = 1 << 20
@@ -92,6 +95,8 @@ def score_scale(config: LineConfig) -> dict[str, str]:
     scale: dict[str, str] = {}
     for key in SCALE_KEYS:
         value = getattr(config, key, None)
+        if key in _PATCHCORE_KEYS and getattr(config, "detector", None) != "patchcore":
+            continue
         if key == "weights" and value is None:
             value = os.environ.get(WEIGHTS_ENV, "").strip() or None
             if value is None:

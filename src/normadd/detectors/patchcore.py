@@ -3,7 +3,8 @@
 Features: a torchvision ResNet (WideResNet-50 in the paper) up to ``layer3``; ``layer2`` and ``layer3``
 are each 3x3 average-pooled (the locally aware patch features), ``layer3`` is upsampled bilinearly to
 ``layer2``'s grid and the two are concatenated. Fit: all patch features of the normal images, reduced
-by greedy k-center coreset selection on a sparse random projection (10 % by default, seeded).
+by greedy k-center coreset selection on a sparse random projection (10 % by default, seeded;
+:mod:`normadd.detectors.coreset`, exact by default or ``coreset="fast"``).
 Detect: each patch's distance to its nearest memory feature (faiss when installed, else torch), the
 map upsampled (nearest) to the input size and blurred with a Gaussian of sigma 4; the paper's image
 score reweights the largest patch distance by how isolated its nearest memory feature is (eq. 7).
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import math
 from collections.abc import Callable, Iterable, Sized
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +28,12 @@ from torch import Tensor, nn
 
 from normadd.cache import atomic_write_bytes
 from normadd.detectors.base import DetectionResult, max_scores
+from normadd.detectors.coreset import (  # noqa: F401 (re-exported: PatchCore's coreset parts)
+    check_coreset_method,
+    greedy_coreset,
+    johnson_lindenstrauss_dim,
+    sparse_random_projection,
+)
 from normadd.errors import MemoryBankMismatchError, WeightsMismatchError, WeightsNotFoundError
 from normadd.progress import NoProgress, ProgressHook
 from normadd.runtime import Runtime, resolve_runtime
@@ -45,65 +51,6 @@ BANK_VERSION = 1
 NN_CHUNK = 4096
 IMAGE_SCORES = ("max", "native")
 RANDOM = "random"
-
-
-def johnson_lindenstrauss_dim(n_samples: int, eps: float = 0.9) -> int:
-    """Smallest projection size that keeps distances within ``1 ± eps`` (Dasgupta and Gupta)."""
-    return int(4 * math.log(n_samples) / (eps**2 / 2 - eps**3 / 3))
-
-
-def sparse_random_projection(n_features: int, n_components: int, generator: torch.Generator) -> Tensor:
-    """A very sparse random projection matrix (Li et al. 2006), density 1/sqrt(n_features): (n_features, n_components).
-
-    Entries are 0 or ``±sqrt(1 / density) / sqrt(n_components)``.
-    """
-    density = 1.0 / math.sqrt(n_features)
-    keep = torch.rand(n_features, n_components, generator=generator) < density
-    signs = torch.randint(0, 2, (n_features, n_components), generator=generator).float() * 2 - 1
-    return keep * signs * (math.sqrt(1.0 / density) / math.sqrt(n_components))
-
-
-def greedy_coreset(
-    embeddings: Tensor, ratio: float = 0.1, seed: int = 0, eps: float = 0.9, progress: ProgressHook | None = None
-) -> Tensor:
-    """Indices of a k-center greedy coreset of ``embeddings`` (N, D): ``int(N * ratio)`` rows.
-
-    Starts from a seeded random row, then repeatedly takes the row farthest from everything taken so
-    far. Distances are measured after a sparse random projection to the Johnson-Lindenstrauss size
-    (skipped when that is not smaller than D). Deterministic for a given seed.
-
-    Raises:
-        ValueError: ``ratio`` outside (0, 1] or a coreset of size 0.
-    """
-    if not 0.0 < ratio <= 1.0:
-        raise ValueError(f"coreset ratio must be in (0, 1], got {ratio}")
-    n, dims = embeddings.shape
-    size = int(n * ratio)
-    if size < 1:
-        raise ValueError(f"a coreset ratio of {ratio} of {n} features keeps none: raise the ratio or add images")
-    generator = torch.Generator().manual_seed(seed)
-    features = embeddings.float()
-    components = johnson_lindenstrauss_dim(n, eps)
-    if components < dims:
-        projection = sparse_random_projection(dims, components, generator).to(features.device)
-        features = features @ projection
-    squared_norms = (features * features).sum(dim=1)
-    selected = torch.empty(size, dtype=torch.long)
-    progress = progress or NoProgress()
-    progress.start("PatchCore fit: coreset", size)
-    report_every = max(1, size // 100)
-    index = int(torch.randint(n, (1,), generator=generator))
-    min_distances = torch.full((n,), float("inf"), device=features.device)
-    for step in range(size):
-        selected[step] = index
-        center = features[index]
-        distances = (squared_norms - 2 * (features @ center) + squared_norms[index]).clamp_min_(0)
-        min_distances = torch.minimum(min_distances, distances)
-        min_distances[index] = 0.0
-        index = int(torch.argmax(min_distances))
-        if (step + 1) % report_every == 0 or step + 1 == size:
-            progress.advance(report_every if (step + 1) % report_every == 0 else (step + 1) % report_every)
-    return selected
 
 
 def euclidean_distances(queries: Tensor, bank: Tensor) -> Tensor:
@@ -329,6 +276,8 @@ class PatchCoreDetector:
         image_score: "max" (max of the map, the NAND protocol) or "native" (the paper's reweighted score).
         search: Nearest-neighbour backend: "auto" (faiss when installed), "faiss" or "torch".
         runtime: Device and precision; CPU fp32 when None.
+        coreset: Coreset selection when fitting: "exact" (anomalib's picks) or "fast" (see
+            :mod:`normadd.detectors.coreset`).
     """
 
     def __init__(
@@ -343,6 +292,7 @@ class PatchCoreDetector:
         image_score: str = "max",
         search: str = "auto",
         runtime: Runtime | None = None,
+        coreset: str = "exact",
     ) -> None:
         if image_score not in IMAGE_SCORES:
             raise ValueError(f"image_score '{image_score}' is unknown: use {' or '.join(IMAGE_SCORES)}")
@@ -356,6 +306,7 @@ class PatchCoreDetector:
         self.seed = seed
         self.image_score = image_score
         self.search = search
+        self.coreset = check_coreset_method(coreset)
         resnet = build_resnet(backbone, weights, seed)
         self.features = ResNetFeatures(resnet, self.layers).eval().requires_grad_(False).to(self.runtime.device)
         self.settings = MemoryBankSettings(
@@ -414,7 +365,11 @@ class PatchCoreDetector:
             raise ValueError("PatchCore needs at least one normal image to fit")
         features = torch.cat(collected)
         indices = greedy_coreset(
-            features.to(self.runtime.device), self.settings.coreset_ratio, self.seed, progress=progress
+            features.to(self.runtime.device),
+            self.settings.coreset_ratio,
+            self.seed,
+            method=self.coreset,
+            progress=progress,
         )
         self.memory_bank = features[indices].to(self.runtime.device)
         return self

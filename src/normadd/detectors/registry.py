@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Protocol
 
 from normadd.backbone.clip_encoder import ClipEncoder
+from normadd.backbone.pool import EncoderPool
 from normadd.backbone.specs import WINCLIP_BACKBONE
 from normadd.detectors.base import Detector
 from normadd.detectors.reference import find_reference_images, load_reference_folder, load_reference_images
@@ -35,6 +36,7 @@ class DetectorSettings(Protocol):
     reference: str | None
     maps: str | None
     memory_bank: str | None
+    coreset: str
 
     @property
     def prompt_object(self) -> str:
@@ -53,8 +55,13 @@ def check_detector_name(name: str) -> str:
     return name
 
 
-def build_winclip(settings: DetectorSettings, runtime: Runtime | None = None) -> Detector:
-    """WinCLIP (``shots`` 0) or WinCLIP+ with the first ``shots`` images of ``reference``."""
+def build_winclip(
+    settings: DetectorSettings, runtime: Runtime | None = None, encoders: EncoderPool | None = None
+) -> Detector:
+    """WinCLIP (``shots`` 0) or WinCLIP+ with the first ``shots`` images of ``reference``.
+
+    With ``encoders``, the CLIP encoder is taken from (or added to) the run's pool.
+    """
     from normadd.detectors.winclip import WinClipDetector
 
     if settings.shots < 0:
@@ -65,12 +72,14 @@ def build_winclip(settings: DetectorSettings, runtime: Runtime | None = None) ->
         raise NormaddError(
             "--reference is given but --shots is 0: pass --shots 1 or 5 for WinCLIP+, or drop --reference"
         )
-    encoder = ClipEncoder.from_name(  # the detector's weights come from --detector-weights, not --weights
-        settings.detector_backbone or WINCLIP_BACKBONE,
-        weights=settings.detector_weights,
-        runtime=runtime,
-        weights_option="--detector-weights",
-    )
+    name = settings.detector_backbone or WINCLIP_BACKBONE
+    # The detector's weights come from --detector-weights, not --weights.
+    if encoders is not None:
+        encoder = encoders.get(name, settings.detector_weights, runtime=runtime, weights_option="--detector-weights")
+    else:
+        encoder = ClipEncoder.from_name(
+            name, weights=settings.detector_weights, runtime=runtime, weights_option="--detector-weights"
+        )
     references = None
     if settings.shots > 0 and settings.reference:
         references = load_reference_folder(settings.reference, encoder.image_size, settings.shots, settings.resize)
@@ -89,7 +98,7 @@ def build_patchcore(
 
     backbone = settings.detector_backbone or DEFAULT_CNN
     weights = resolve_cnn_weights(backbone, settings.detector_weights)
-    detector = PatchCoreDetector(backbone, weights=weights, runtime=runtime)
+    detector = PatchCoreDetector(backbone, weights=weights, runtime=runtime, coreset=settings.coreset)
     bank = Path(settings.memory_bank) if settings.memory_bank else None
     if bank is not None and bank.is_file():
         return detector.load(bank)
@@ -106,16 +115,21 @@ def build_patchcore(
 
 
 def build_detector(
-    settings: DetectorSettings, runtime: Runtime | None = None, progress: ProgressHook | None = None
+    settings: DetectorSettings,
+    runtime: Runtime | None = None,
+    progress: ProgressHook | None = None,
+    encoders: EncoderPool | None = None,
 ) -> Detector:
-    """The configured non-APRIL-GAN detector (``progress`` shows a PatchCore fit).
+    """The configured non-APRIL-GAN detector.
+
+    ``progress`` shows a PatchCore fit; CLIP encoders come from ``encoders`` (the run's pool) when given.
 
     Raises:
         NormaddError: Unknown detector, or missing or bad settings for it (one line naming the fix).
     """
     name = check_detector_name(settings.detector)
     if name == "winclip":
-        return build_winclip(settings, runtime)
+        return build_winclip(settings, runtime, encoders)
     if name == "patchcore":
         return build_patchcore(settings, runtime, progress)
     if name == "maps":

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from normadd.backbone.pool import EncoderPool
 from normadd.cache import atomic_write_bytes, cache_dir, cache_key
 from normadd.config import LineConfig
 from normadd.decisions.counts import group_decision_counts
@@ -399,7 +400,8 @@ class Evaluator:
         settings: What to evaluate.
         progress: Progress display; none when None.
         on_note: Called with each one-line note as it happens.
-        build: Builds a class's detector with its normality detector (the factory by default).
+        build: Builds a class's detector with its normality detector (the factory by default, with
+            one :class:`~normadd.backbone.pool.EncoderPool` for the run: each encoder loads once).
     """
 
     def __init__(
@@ -414,8 +416,10 @@ class Evaluator:
         self.settings = settings
         self.progress = progress or NoProgress()
         self.on_note = on_note
-        # The factory by default, showing a PatchCore fit (features, then coreset) on the progress display.
-        self.build = build or functools.partial(build_addition, progress=self.progress)
+        # The factory by default: one encoder pool per run (each CLIP backbone loads once for all
+        # classes), showing a PatchCore fit (features, then coreset) on the progress display.
+        self.encoders = EncoderPool()
+        self.build = build or functools.partial(build_addition, progress=self.progress, encoders=self.encoders)
         self.notes: list[str] = []
         self.cost = CostCounts()
         self.model_description = ""
@@ -785,17 +789,19 @@ class Evaluator:
             if not subset:
                 continue
             truth = np.stack([masks[i] for i in subset])  # type: ignore[misc]
-            before = maps.before_maps[subset].float().numpy()
-            after = maps.after_maps[subset, k].float().numpy()
+            # float16 maps as stored: ranked without a sort (metrics.score_ranks); regions labelled once.
+            weights = metrics.region_weights(truth)
+            before_auroc, before_aupro = metrics.pixel_metrics(truth, maps.before_maps[subset].numpy(), weights)
+            after_auroc, after_aupro = metrics.pixel_metrics(truth, maps.after_maps[subset, k].numpy(), weights)
             evaluation.pixel.append(
                 PixelResult(
                     evaluation.name,
                     group.name,
                     len(subset),
-                    _percent(metrics.pixel_auroc(truth, before)),
-                    _percent(metrics.pixel_auroc(truth, after)),
-                    _percent(metrics.aupro(truth, before)),
-                    _percent(metrics.aupro(truth, after)),
+                    _percent(before_auroc),
+                    _percent(after_auroc),
+                    _percent(before_aupro),
+                    _percent(after_aupro),
                 )
             )
             self.progress.advance(1)
