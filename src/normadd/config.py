@@ -107,6 +107,7 @@ class LineConfig:
     reference: str | None = None
     maps: str | None = None
     memory_bank: str | None = None
+    model: str | None = None  # an anomalib ONNX/OpenVINO export (detector: onnx | openvino)
 
     def __post_init__(self) -> None:
         self.class_name = clean_text(self.class_name, "class name")

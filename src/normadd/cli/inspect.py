@@ -30,16 +30,22 @@ def run_inspection(
     examples: list[Path] | None = None,
     masks: list[Path] | None = None,
     detector_options: dict[str, Any] | None = None,
+    runtime_name: str = "torch",
+    export: Path | None = None,
 ) -> None:
     """Build the line from the options, score the images and print and write the results."""
     from normadd.config import ExampleSetting, NormalitySetting, config_from_options
     from normadd.detectors.registry import check_detector_name
     from normadd.factory import build_addition
     from normadd.images import collect_images
-    from normadd.inspection import inspect_images
     from normadd.runtime import resolve_runtime
 
     quiet_libraries()
+    if runtime_name != "torch" or export is not None:
+        run_exported_inspection(
+            images, class_name, add, config_file, backbone, weights, layers, out, batch_size, runtime_name, export
+        )
+        return
     config = config_from_options(config_file, class_name, backbone, weights, projections)
     if layers is not None:
         try:
@@ -84,6 +90,13 @@ def run_inspection(
             f"{', '.join(normality.phrases) or normality.text}",
             highlight=False,
         )
+    _inspect_and_report(model, paths, out, batch_size)
+
+
+def _inspect_and_report(model: Any, paths: list[Path], out: Path, batch_size: int) -> None:
+    """Score ``paths`` with a built or exported line; print the table and write the outputs."""
+    from normadd.inspection import inspect_images
+
     with progress_bar() as progress:
         task = progress.add_task("inspecting", total=len(paths))
         report = inspect_images(model, paths, out, batch_size, on_progress=lambda n: progress.advance(task, n))
@@ -99,6 +112,70 @@ def run_inspection(
     if report.failures:
         console.print(f"[bold red]error:[/] {len(report.failures)} image(s) could not be read (listed above)")
         raise typer.Exit(2)
+
+
+def run_exported_inspection(
+    images: list[Path],
+    class_name: str | None,
+    add: list[str],
+    config_file: Path | None,
+    backbone: str | None,
+    weights: Path | None,
+    layers: str | None,
+    out: Path,
+    batch_size: int,
+    runtime_name: str,
+    export: Path | None,
+) -> None:
+    """Score images with a line exported by ``normadd export``, run by onnxruntime or OpenVINO.
+
+    With ``--config`` (or ``--class-name``/``--add``) the export must be that line: same class,
+    backbone, weights and normalities, or it is refused with the differences named.
+    """
+    from normadd.config import NormalitySetting, config_from_options
+    from normadd.export.runtime import ExportedLine, normality_differences, setting_differences
+    from normadd.images import collect_images
+
+    if runtime_name not in ("torch", "onnx", "openvino"):
+        raise NormaddError(f"--runtime '{runtime_name}' is unknown: choose torch, onnx or openvino")
+    if runtime_name == "torch":
+        raise NormaddError("--export needs --runtime onnx or openvino (torch runs the line itself, not an export)")
+    if export is None:
+        raise NormaddError(f"--runtime {runtime_name} runs an exported line: pass --export DIR from 'normadd export'")
+    if batch_size < 1:
+        raise NormaddError("--batch-size must be at least 1")
+    paths = collect_images(images)
+    with console.status(f"loading the export on {runtime_name}"):
+        model = ExportedLine(export, runtime_name)
+    if config_file is not None or class_name is not None or add:
+        manifest = model.manifest
+        config = config_from_options(config_file, class_name or (None if config_file else manifest.class_name))
+        if backbone is None and config_file is None:
+            config.backbone = manifest.backbone
+        elif backbone is not None:
+            config.backbone = backbone
+        if weights is not None:
+            config.weights = str(weights)
+        if layers is not None:
+            config.layers = [int(x) for x in layers.split(",") if x.strip().isdigit()]
+        config.normalities += [NormalitySetting.parse(spec) for spec in add]
+        active = [(n.name or n.text, n.text, n.strength) for n in config.normalities]
+        problems = setting_differences(manifest, config.class_name, config.backbone, config.weights, config.layers)
+        problems += normality_differences(manifest.normalities, active)
+        if problems:
+            raise NormaddError(
+                f"export {export} is not this line ({'; '.join(problems)}): re-export it with 'normadd export' "
+                "and the same options"
+            )
+    if model.is_random:
+        console.print(f"[yellow]warning:[/] {model.description}", highlight=False)
+    for normality in model.normalities.values():
+        console.print(
+            f"normality '{normality.name}' (strength {normality.strength:g}, in the export): "
+            f"{', '.join(normality.phrases) or normality.text}",
+            highlight=False,
+        )
+    _inspect_and_report(model, paths, out, batch_size)
 
 
 def register(app: typer.Typer) -> None:
@@ -127,7 +204,8 @@ def register(app: typer.Typer) -> None:
         ] = [],  # noqa: B006
         mask: Annotated[list[Path], typer.Option("--mask", help="Defect mask of each --add-example, in order.")] = [],  # noqa: B006
         detector: Annotated[
-            str | None, typer.Option(help="aprilgan (default), winclip, patchcore, maps or anomalib.")
+            str | None,
+            typer.Option(help="aprilgan (default), winclip, patchcore, maps, anomalib, onnx or openvino."),
         ] = None,
         shots: Annotated[int | None, typer.Option(help="WinCLIP reference images: 0 (zero-shot), 1 or 5.")] = None,
         reference: Annotated[
@@ -145,6 +223,16 @@ def register(app: typer.Typer) -> None:
             Path | None,
             typer.Option(help="Detector weights: open_clip file, torchvision state_dict or 'random', anomalib model."),
         ] = None,
+        model: Annotated[
+            Path | None,
+            typer.Option(help="anomalib export for --detector onnx (model.onnx) or openvino (model.xml + .bin)."),
+        ] = None,
+        runtime: Annotated[
+            str, typer.Option(help="torch (default) runs the line; onnx or openvino run --export DIR.")
+        ] = "torch",
+        export: Annotated[
+            Path | None, typer.Option(help="Folder written by 'normadd export' (with --runtime onnx|openvino).")
+        ] = None,
     ) -> None:
         """Score images before and after adding normalities; write overlays and scores.csv."""
         detector_options = {
@@ -155,6 +243,7 @@ def register(app: typer.Typer) -> None:
             "memory_bank": memory_bank,
             "detector_backbone": detector_backbone,
             "detector_weights": detector_weights,
+            "model": model,
         }
         run_inspection(
             images,
@@ -173,6 +262,8 @@ def register(app: typer.Typer) -> None:
             add_example,
             mask,
             detector_options,
+            runtime,
+            export,
         )
 
 
