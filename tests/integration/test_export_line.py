@@ -207,3 +207,74 @@ def test_bad_exports_are_one_line_naming_the_file_and_fix(
     export = ["--runtime", "onnx", "--export", str(exports["onnx"])]
     line = _error(["inspect", image, *LINE[:4], "--add", "scratch", *export, *out])
     assert "not this line" in line and "active on the line but not in the export: scratch" in line
+
+
+def _service_settings(tmp_path: Path, export: Path, normalities: list[NormalitySetting]):  # noqa: ANN202
+    from normadd.serve.settings import ServiceConfig
+
+    config = LineConfig(class_name="bottle", backbone="tiny-random", normalities=normalities)
+    return ServiceConfig(
+        line="bottle-line",
+        line_config=config,
+        database=tmp_path / "normadd.db",
+        api_keys={"station-1": "station-1-secret"},
+        device="cpu",
+        runtime="onnx",
+        export=export,
+    )
+
+
+def test_service_runs_the_export_and_refuses_normality_changes(
+    exports: dict[str, Path], bottle_dir: Path, tmp_path: Path
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from normadd.registry.store import NormalityRecord, Registry
+    from normadd.serve.app import create_app
+
+    auth = {"X-API-Key": "station-1-secret"}
+    settings = _service_settings(tmp_path, exports["onnx"], _config().normalities)
+    image = _images(bottle_dir)[0]
+    with TestClient(create_app(settings)) as client:
+        answer = client.post(
+            "/v1/lines/bottle-line/inspect", headers=auth, files=[("images", (image.name, image.read_bytes()))]
+        )
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert "onnxruntime" in body["model"]
+        assert [n["name"] for n in body["normalities"]] == ["broken", "contamination"]
+        expected = build_addition(_config()).explain(load_batch([image], 80)[1])  # type: ignore[arg-type]
+        assert abs(body["results"][0]["score_after"] - float(expected.after_scores[0])) <= SCORE_TOLERANCE
+
+        refused = client.post("/v1/lines/bottle-line/normalities", headers=auth, json={"text": "scratch"})
+        assert refused.status_code == 409 and refused.json()["error"] == "export_mismatch"
+        assert "re-export" in refused.json()["detail"]
+
+        with Registry(settings.database) as registry:  # another process (the CLI) changes the line
+            registry.add_normality("bottle-line", NormalityRecord("scratch", "scratch", 1.0, ["scratched bottle"]), "bob")
+        stale = client.post(
+            "/v1/lines/bottle-line/inspect", headers=auth, files=[("images", (image.name, image.read_bytes()))]
+        )
+        assert stale.status_code == 409, stale.text
+        assert "active on the line but not in the export: scratch" in stale.json()["detail"]
+
+
+def test_service_refuses_an_export_of_other_normalities_at_start(exports: dict[str, Path], tmp_path: Path) -> None:
+    from normadd.export.line_model import ExportMismatchError
+    from normadd.serve.app import create_app
+
+    settings = _service_settings(tmp_path, exports["onnx"], [NormalitySetting("broken")])
+    with pytest.raises(ExportMismatchError, match="in the export but not active on the line: contamination"):
+        create_app(settings)
+
+
+def test_cli_serve_refuses_an_export_of_other_normalities(exports: dict[str, Path], tmp_path: Path) -> None:
+    config = tmp_path / "line.yaml"
+    config.write_text(
+        "class_name: bottle\nbackbone: tiny-random\nnormalities: [broken]\ndatabase: normadd.db\n"
+        "service:\n  api_keys: {station-1: station-1-secret}\n"
+    )
+    line = _error(["serve", "--config", str(config), "--runtime", "onnx", "--export", str(exports["onnx"])])
+    assert str(exports["onnx"]) in line and "in the export but not active on the line: contamination" in line
+    line = _error(["serve", "--config", str(config), "--runtime", "onnx"])
+    assert "--export DIR" in line

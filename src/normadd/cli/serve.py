@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Annotated
@@ -11,8 +12,17 @@ import typer
 from normadd.cli.common import friendly_errors, quiet_libraries
 
 
-def serve(config: Path, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
+def serve(
+    config: Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    log_level: str = "info",
+    runtime: str | None = None,
+    export: Path | None = None,
+) -> None:
     """Load the line once and serve it until interrupted.
+
+    ``runtime`` and ``export`` override the config's ``service.runtime`` and ``service.export``.
 
     Raises:
         NormaddError: Bad config, no API key, or a model that cannot be loaded.
@@ -20,9 +30,15 @@ def serve(config: Path, host: str = "127.0.0.1", port: int = 8000, log_level: st
     import uvicorn
 
     from normadd.serve.app import create_app
+    from normadd.serve.settings import ServiceConfig
 
     logging.getLogger("normadd").setLevel(logging.INFO)
-    app = create_app(config)
+    settings = ServiceConfig.from_yaml(config)
+    if runtime is not None or export is not None:
+        settings = dataclasses.replace(
+            settings, runtime=runtime or settings.runtime, export=export if export is not None else settings.export
+        )
+    app = create_app(settings)
     uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False)
 
 
@@ -36,7 +52,13 @@ def register(app: typer.Typer) -> None:
         host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
         port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
         log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+        runtime: Annotated[
+            str | None, typer.Option(help="torch (default) runs the line; onnx or openvino run --export DIR.")
+        ] = None,
+        export: Annotated[
+            Path | None, typer.Option(help="Folder from 'normadd export' of this line (with --runtime onnx|openvino).")
+        ] = None,
     ) -> None:
         """Serve inspections, normalities, the audit log and the web page over HTTP (needs the serve extra)."""
         quiet_libraries()
-        serve(config, host, port, log_level)
+        serve(config, host, port, log_level, runtime, export)

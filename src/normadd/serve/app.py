@@ -31,7 +31,9 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from torch import Tensor
 
-from normadd.errors import ImageLoadError, InvalidTextError, NormaddError
+from normadd.errors import ExportedModelError, ImageLoadError, InvalidTextError, NormaddError
+from normadd.export.line_model import ExportedLineModel, ExportMismatchError, check_export
+from normadd.export.manifest import LineManifest
 from normadd.images import load_image_bytes
 from normadd.normality.addition import AdditionResult
 from normadd.registry.errors import (
@@ -58,6 +60,8 @@ STATUS_OF: list[tuple[type[Exception], int, str]] = [
     (NormalityNotFoundError, 404, "unknown_normality"),
     (DuplicateNormalityError, 409, "duplicate_normality"),
     (LineExistsError, 409, "line_exists"),
+    (ExportMismatchError, 409, "export_mismatch"),
+    (ExportedModelError, 422, "bad_export"),
     (ImageLoadError, 422, "bad_image"),
     (InvalidTextError, 422, "bad_text"),
     (NormaddError, 422, "bad_request"),
@@ -125,7 +129,7 @@ async def _send_json(send: Send, status: int, body: dict[str, str]) -> None:
 class ServedLine:
     """A loaded line: its model and the batcher its inspections go through."""
 
-    model: LineModel
+    model: LineModel | ExportedLineModel
     batcher: MicroBatcher
 
 
@@ -193,10 +197,38 @@ class Service:
             return self.lines[name]
         async with self._loading:
             if name not in self.lines:
-                self.serve(await asyncio.to_thread(LineModel.load, self.registry, name, self.runtime))
+                self.serve(await asyncio.to_thread(self._load, name))
         return self.lines[name]
 
-    def serve(self, model: LineModel) -> ServedLine:
+    def _load(self, name: str) -> LineModel | ExportedLineModel:
+        """The configured line from its export when one is given; every other line on torch."""
+        if name == self.settings.line and self.settings.export is not None:
+            return ExportedLineModel.load(self.registry, name, self.settings.export, self.settings.runtime)
+        return LineModel.load(self.registry, name, self.runtime)
+
+    def check_export(self) -> None:
+        """Refuse, before serving, an export that is not the configured line with its active normalities.
+
+        The registry's line when it exists, else the config that will create it.
+
+        Raises:
+            ExportedModelError: The export cannot be read or another normadd version wrote it.
+            ExportMismatchError: It differs from the line (the differences are named).
+        """
+        folder = self.settings.export
+        if folder is None:
+            return
+        manifest = LineManifest.read(folder)
+        manifest.check_version(str(folder / "manifest.json"))
+        try:
+            line = self.registry.line(self.settings.line)
+            active = [(n.name, n.text, n.strength) for n in self.registry.normalities(line.name)]
+        except LineNotFoundError:
+            line = line_record(self.settings.line, self.settings.line_config)
+            active = [(n.name or n.text, n.text, n.strength) for n in self.settings.line_config.normalities]
+        check_export(manifest, folder, line, active)
+
+    def serve(self, model: LineModel | ExportedLineModel) -> ServedLine:
         """Start serving a loaded line: its inspections go through a new batcher."""
         batcher = MicroBatcher(
             functools.partial(model.explain, registry=self.registry),
@@ -249,11 +281,16 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
     if not isinstance(settings, ServiceConfig):
         settings = ServiceConfig.from_yaml(settings)
     service = Service(settings)
+    try:
+        service.check_export()
+    except NormaddError:
+        service.registry.close()
+        raise
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         created = await asyncio.to_thread(service.ensure_configured_line)
-        if created is not None:
+        if created is not None and settings.export is None:  # an export-served line loads its export below
             service.serve(created)
         await service.line(settings.line)  # loads the model now, not on the first request
         yield
@@ -357,7 +394,7 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
         )
         return schemas.InspectionOut(
             line=line,
-            model=served.model.addition.description,
+            model=served.model.description,
             random_weights=served.model.is_random,
             normalities=active,
             results=[
