@@ -22,6 +22,7 @@ from normadd.export.manifest import ExportedNormality, LineManifest
 from normadd.export.runtime import ExportedLine, normality_differences
 from normadd.factory import build_addition
 from normadd.images import load_batch
+from normadd.serve.settings import ServiceConfig
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("openvino")
@@ -209,8 +210,7 @@ def test_bad_exports_are_one_line_naming_the_file_and_fix(
     assert "not this line" in line and "active on the line but not in the export: scratch" in line
 
 
-def _service_settings(tmp_path: Path, export: Path, normalities: list[NormalitySetting]):  # noqa: ANN202
-    from normadd.serve.settings import ServiceConfig
+def _service_settings(tmp_path: Path, export: Path, normalities: list[NormalitySetting]) -> ServiceConfig:
 
     config = LineConfig(class_name="bottle", backbone="tiny-random", normalities=normalities)
     return ServiceConfig(
@@ -251,7 +251,8 @@ def test_service_runs_the_export_and_refuses_normality_changes(
         assert "re-export" in refused.json()["detail"]
 
         with Registry(settings.database) as registry:  # another process (the CLI) changes the line
-            registry.add_normality("bottle-line", NormalityRecord("scratch", "scratch", 1.0, ["scratched bottle"]), "bob")
+            scratch = NormalityRecord("scratch", "scratch", 1.0, ["scratched bottle"])
+            registry.add_normality("bottle-line", scratch, "bob")
         stale = client.post(
             "/v1/lines/bottle-line/inspect", headers=auth, files=[("images", (image.name, image.read_bytes()))]
         )
