@@ -30,18 +30,20 @@ def run_inspection(
     examples: list[Path] | None = None,
     masks: list[Path] | None = None,
     detector_options: dict[str, Any] | None = None,
-    runtime_name: str = "torch",
+    runtime_name: str = "auto",
     export: Path | None = None,
 ) -> None:
     """Build the line from the options, score the images and print and write the results."""
     from normadd.config import ExampleSetting, NormalitySetting, config_from_options
+    from normadd.detectors.inference_sessions import resolve_line_runtime
     from normadd.detectors.registry import check_detector_name
     from normadd.factory import build_addition
     from normadd.images import collect_images
     from normadd.runtime import resolve_runtime
 
     quiet_libraries()
-    if runtime_name != "torch" or export is not None:
+    runtime_name = resolve_line_runtime(runtime_name, export is not None)
+    if export is not None:
         run_exported_inspection(
             images, class_name, add, config_file, backbone, weights, layers, out, batch_size, runtime_name, export
         )
@@ -125,7 +127,7 @@ def run_exported_inspection(
     out: Path,
     batch_size: int,
     runtime_name: str,
-    export: Path | None,
+    export: Path,
 ) -> None:
     """Score images with a line exported by ``normadd export``, run by onnxruntime or OpenVINO.
 
@@ -136,12 +138,6 @@ def run_exported_inspection(
     from normadd.export.runtime import ExportedLine, normality_differences, setting_differences
     from normadd.images import collect_images
 
-    if runtime_name not in ("torch", "onnx", "openvino"):
-        raise NormaddError(f"--runtime '{runtime_name}' is unknown: choose torch, onnx or openvino")
-    if runtime_name == "torch":
-        raise NormaddError("--export needs --runtime onnx or openvino (torch runs the line itself, not an export)")
-    if export is None:
-        raise NormaddError(f"--runtime {runtime_name} runs an exported line: pass --export DIR from 'normadd export'")
     if batch_size < 1:
         raise NormaddError("--batch-size must be at least 1")
     paths = collect_images(images)
@@ -228,8 +224,8 @@ def register(app: typer.Typer) -> None:
             typer.Option(help="anomalib export for --detector onnx (model.onnx) or openvino (model.xml + .bin)."),
         ] = None,
         runtime: Annotated[
-            str, typer.Option(help="torch (default) runs the line; onnx or openvino run --export DIR.")
-        ] = "torch",
+            str, typer.Option(help="auto (torch, or OpenVINO with --export), torch, onnx or openvino.")
+        ] = "auto",
         export: Annotated[
             Path | None, typer.Option(help="Folder written by 'normadd export' (with --runtime onnx|openvino).")
         ] = None,

@@ -35,8 +35,10 @@ def serve(
     logging.getLogger("normadd").setLevel(logging.INFO)
     settings = ServiceConfig.from_yaml(config)
     if runtime is not None or export is not None:
+        # A config without an export resolved its runtime to torch; a new --export starts from auto again.
+        keep = settings.runtime if settings.export is not None else "auto"
         settings = dataclasses.replace(
-            settings, runtime=runtime or settings.runtime, export=export if export is not None else settings.export
+            settings, runtime=runtime or keep, export=export if export is not None else settings.export
         )
     app = create_app(settings)
     uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False)
@@ -53,7 +55,8 @@ def register(app: typer.Typer) -> None:
         port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
         log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
         runtime: Annotated[
-            str | None, typer.Option(help="torch (default) runs the line; onnx or openvino run --export DIR.")
+            str | None,
+            typer.Option(help="auto (default: torch, or OpenVINO with --export), torch, onnx or openvino."),
         ] = None,
         export: Annotated[
             Path | None, typer.Option(help="Folder from 'normadd export' of this line (with --runtime onnx|openvino).")

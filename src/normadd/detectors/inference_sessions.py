@@ -10,6 +10,7 @@ the f32 precision hint (its CPU default here is bf16, ~1e-2 off torch) and with 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ import numpy as np
 from normadd.errors import ExportedModelError, NormaddError
 
 RUNTIMES = ("onnx", "openvino")
+LINE_RUNTIMES = ("auto", "torch", *RUNTIMES)
 OPENVINO_CONFIG = {"INFERENCE_PRECISION_HINT": "f32"}
 
 
@@ -59,6 +61,29 @@ def check_runtime(name: str) -> str:
     if name not in RUNTIMES:
         raise NormaddError(f"runtime '{name}' is unknown: choose one of {', '.join(RUNTIMES)}")
     return name
+
+
+def resolve_line_runtime(requested: str, has_export: bool) -> str:
+    """What runs a line: ``--runtime`` as given, or for ``auto`` torch without an export and else OpenVINO.
+
+    ``auto`` with an export picks OpenVINO (f32), the fastest of the three on the CPU in
+    ``benchmarks/bench_runtimes.py``, or onnxruntime when OpenVINO is not installed.
+
+    Raises:
+        NormaddError: An unknown runtime, an exported runtime without an export, or an export
+            with the torch runtime.
+    """
+    if requested not in LINE_RUNTIMES:
+        raise NormaddError(f"runtime '{requested}' is unknown: choose one of {', '.join(LINE_RUNTIMES)}")
+    if requested == "auto":
+        if not has_export:
+            return "torch"
+        return "openvino" if importlib.util.find_spec("openvino") is not None else "onnx"
+    if requested != "torch" and not has_export:
+        raise NormaddError(f"runtime {requested} runs an exported line: pass --export DIR from 'normadd export'")
+    if requested == "torch" and has_export:
+        raise NormaddError("an export is given but the runtime is torch: pass --runtime auto, onnx or openvino")
+    return requested
 
 
 @contextlib.contextmanager

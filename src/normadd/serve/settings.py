@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from normadd.config import LineConfig, read_yaml_mapping
+from normadd.detectors.inference_sessions import resolve_line_runtime
 from normadd.errors import NormaddError
 from normadd.registry.store import DEFAULT_DATABASE
 
 API_KEYS_ENV = "NORMADD_API_KEYS"
-SERVICE_RUNTIMES = ("torch", "onnx", "openvino")
 
 
 @dataclass
@@ -43,7 +43,8 @@ class ServiceConfig:
         batch_max_images: Most images in one forward pass.
         batch_wait_ms: How long the first request of a pass waits for others to join.
         device: ``auto``, ``cpu`` or ``cuda``.
-        runtime: ``torch`` runs the line itself; ``onnx`` or ``openvino`` run ``export`` instead.
+        runtime: ``torch`` runs the line itself; ``onnx`` or ``openvino`` run ``export`` instead;
+            ``auto`` is torch without an export, OpenVINO with one (see :func:`resolve_line_runtime`).
         export: Folder written by ``normadd export`` for this line (needed by the onnx/openvino runtimes).
     """
 
@@ -57,7 +58,7 @@ class ServiceConfig:
     batch_max_images: int = 16
     batch_wait_ms: float = 5.0
     device: str = "auto"
-    runtime: str = "torch"
+    runtime: str = "auto"
     export: Path | None = None
 
     def __post_init__(self) -> None:
@@ -67,20 +68,8 @@ class ServiceConfig:
         if self.batch_wait_ms < 0:
             raise NormaddError(f"service.batch_wait_ms must be >= 0, got {self.batch_wait_ms}")
         self.database = Path(self.database)
-        if self.runtime not in SERVICE_RUNTIMES:
-            raise NormaddError(
-                f"service.runtime '{self.runtime}' is unknown: choose one of {', '.join(SERVICE_RUNTIMES)}"
-            )
         self.export = Path(self.export) if self.export is not None else None
-        if self.runtime != "torch" and self.export is None:
-            raise NormaddError(
-                f"runtime {self.runtime} serves an exported line: pass --export DIR (or service.export) "
-                "from 'normadd export'"
-            )
-        if self.runtime == "torch" and self.export is not None:
-            raise NormaddError(
-                f"an export ({self.export}) is given but the runtime is torch: pass --runtime onnx or openvino"
-            )
+        self.runtime = resolve_line_runtime(self.runtime, self.export is not None)
         self.api_keys = {**self.api_keys, **api_keys_from_env()}
         for key_name, secret in self.api_keys.items():
             if not isinstance(secret, str) or len(secret) < 8:
