@@ -13,6 +13,11 @@ The CLI, the Python API (and later the service) build the same :class:`LineConfi
     examples:                 # visual normalities: example images, optional masks
       - images: [scuff_01.png]
         masks: [scuff_01_mask.png]
+    threshold: 0.42           # decisions: NG when the score is above it (normadd calibrate finds one)
+    pixel_size_mm: 0.05       # for acceptance limits in mm
+
+A normality may carry acceptance limits: ``max_area`` (px² or ``"4 mm2"``), ``max_length``
+(px or ``"2 mm"``) and ``region`` (a PNG mask where it applies); see :mod:`normadd.decisions.limits`.
 """
 
 from __future__ import annotations
@@ -52,11 +57,30 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
 
 @dataclass
 class NormalitySetting:
-    """One added normality as configured: text, strength in [0, 1], optional name."""
+    """One added normality as configured: text, strength in [0, 1], optional name and acceptance limits.
+
+    ``max_area``/``max_length``: a number (pixels of the input image) or text with a unit
+    (``"4 mm2"``, ``"2 mm"``); ``region``: a PNG mask, white where the normality applies.
+    """
 
     text: str
     strength: float = 1.0
     name: str | None = None
+    max_area: float | str | None = None
+    max_length: float | str | None = None
+    region: str | None = None
+
+    def __post_init__(self) -> None:
+        from normadd.decisions.limits import parse_size
+
+        label = self.name or self.text
+        parse_size(self.max_area, f"max_area of normality '{label}'", area=True)
+        parse_size(self.max_length, f"max_length of normality '{label}'")
+
+    @property
+    def has_limits(self) -> bool:
+        """True when a size limit or a region restricts the normality."""
+        return self.max_area is not None or self.max_length is not None or self.region is not None
 
     @classmethod
     def parse(cls, spec: str) -> NormalitySetting:
@@ -108,10 +132,27 @@ class LineConfig:
     maps: str | None = None
     memory_bank: str | None = None
     model: str | None = None  # an anomalib ONNX/OpenVINO export (detector: onnx | openvino)
+    # Decisions (issue 11): NG when a score is above ``threshold``; ``threshold_scale`` is the
+    # detector identity it was calibrated for (normadd.decisions.scale); mm per image pixel.
+    threshold: float | None = None
+    threshold_scale: dict[str, str] | None = None
+    pixel_size_mm: float | None = None
 
     def __post_init__(self) -> None:
+        from normadd.decisions.limits import check_pixel_size, parse_size
+        from normadd.decisions.thresholds import check_threshold
+
         self.class_name = clean_text(self.class_name, "class name")
         check_detector_name(self.detector)
+        if self.threshold is not None:
+            self.threshold = check_threshold(self.threshold)
+        self.pixel_size_mm = check_pixel_size(self.pixel_size_mm)
+        for setting in self.normalities:
+            label = setting.name or setting.text
+            for key, area in (("max_area", True), ("max_length", False)):
+                size = parse_size(getattr(setting, key), f"{key} of normality '{label}'", area)
+                if size is not None:
+                    size.in_pixels(self.pixel_size_mm, area, f"{key} of normality '{label}'")
         if self.phrase_generator not in PHRASE_GENERATORS:
             raise NormaddError(
                 f"phrase_generator '{self.phrase_generator}' is unknown: use {' or '.join(PHRASE_GENERATORS)}"

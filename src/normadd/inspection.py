@@ -3,7 +3,9 @@
 Per image: ``<stem>_before.png``, ``<stem>_after.png`` and ``<stem>_suppression.png`` (heat-map
 overlays, before/after on one colour scale), then one ``scores.csv`` (image, score_before,
 score_after, …) and ``run.json`` (model, normalities with their phrases, failures). Unreadable
-images are listed as failures; the rest of the batch still runs.
+images are listed as failures; the rest of the batch still runs. Given a
+:class:`~normadd.decisions.policy.DecisionPolicy`, each row also carries its verdicts (issue 11):
+``verdict_before``, ``verdict_after``, ``accepted_by``, ``threshold``, ``verdict_reason``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from torch import Tensor
 
@@ -23,7 +25,12 @@ from normadd.images import LoadFailure, load_batch, output_stems
 from normadd.normality.addition import AdditionResult, NormalityAddition
 from normadd.visualize import heat_overlay, save_png, with_caption
 
+if TYPE_CHECKING:
+    from normadd.decisions.policy import DecisionPolicy
+    from normadd.decisions.verdicts import Decision
+
 SCORE_COLUMNS = ("image", "score_before", "score_after", "normalities", "model")
+DECISION_COLUMNS = ("verdict_before", "verdict_after", "accepted_by", "threshold", "verdict_reason")
 
 
 class InspectableLine(Protocol):
@@ -68,6 +75,7 @@ class ScoreRow:
     score_before: float
     score_after: float
     output_stem: str
+    decision: Decision | None = None
 
 
 @dataclass
@@ -78,6 +86,7 @@ class InspectionReport:
     failures: list[LoadFailure] = field(default_factory=list)
     out_dir: Path | None = None
     model: str = ""
+    decided: bool = False
 
 
 def _write_overlays(
@@ -105,6 +114,7 @@ def inspect_images(
     out_dir: str | Path,
     batch_size: int = 4,
     on_progress: Callable[[int], None] | None = None,
+    policy: DecisionPolicy | None = None,
 ) -> InspectionReport:
     """Inspect ``paths`` before and after the added normalities; write everything to ``out_dir``.
 
@@ -114,11 +124,14 @@ def inspect_images(
         out_dir: Output folder (created).
         batch_size: Images per forward pass.
         on_progress: Called with the number of images handled after each batch.
+        policy: The line's decisions (threshold, limits); rows then carry verdicts, and
+            normalities with limits suppress only what they may let through.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     random = _is_random(model)
-    report = InspectionReport(out_dir=out, model=model.description)
+    report = InspectionReport(out_dir=out, model=model.description, decided=policy is not None)
+    strengths = [n.strength for n in model.normalities.values()]
     stems = dict(zip(paths, output_stems(paths), strict=True))
     normalities = "; ".join(f"{n.text}:{n.strength:g}" for n in model.normalities.values())
     metadata = {"normadd-model": model.description, "normadd-normalities": normalities or "none"}
@@ -136,10 +149,23 @@ def inspect_images(
             if callable(prepare_batch):
                 prepare_batch(loaded)
             result = model.explain(images)
+            decisions: list[Decision | None] = [None] * len(loaded)
+            if policy is not None:
+                from normadd.decisions.policy import image_size
+
+                sizes = [image_size(path) for path in loaded] if policy.has_limits else None
+                decided = policy.apply(result, strengths, sizes)
+                result, decisions = decided.result, list(decided.decisions)
             for i, path in enumerate(loaded):
                 _write_overlays(result, i, images[i], stems[path], out, metadata, random)
                 report.rows.append(
-                    ScoreRow(str(path), float(result.before_scores[i]), float(result.after_scores[i]), stems[path])
+                    ScoreRow(
+                        str(path),
+                        float(result.before_scores[i]),
+                        float(result.after_scores[i]),
+                        stems[path],
+                        decisions[i],
+                    )
                 )
         if on_progress is not None:
             on_progress(len(chunk))
@@ -151,10 +177,28 @@ def inspect_images(
 def _write_scores(report: InspectionReport, path: Path, normalities: str) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(SCORE_COLUMNS)
+    writer.writerow(SCORE_COLUMNS + (DECISION_COLUMNS if report.decided else ()))
     for row in report.rows:
-        writer.writerow([row.image, f"{row.score_before:.6f}", f"{row.score_after:.6f}", normalities, report.model])
+        values = [row.image, f"{row.score_before:.6f}", f"{row.score_after:.6f}", normalities, report.model]
+        if report.decided and row.decision is not None:
+            decision = row.decision
+            threshold = "" if decision.threshold is None else repr(decision.threshold)
+            values += [
+                decision.verdict_before,
+                decision.verdict_after,
+                decision.accepted_by_text,
+                threshold,
+                decision.reason,
+            ]
+        writer.writerow(values)
     atomic_write_bytes(path, buffer.getvalue().encode())
+
+
+def _row_record(row: ScoreRow) -> dict[str, object]:
+    record = {k: v for k, v in asdict(row).items() if k != "decision"}
+    if row.decision is not None:
+        record.update(row.decision.as_dict())
+    return record
 
 
 def _write_run_record(report: InspectionReport, model: InspectableLine, path: Path) -> None:
@@ -166,7 +210,7 @@ def _write_run_record(report: InspectionReport, model: InspectableLine, path: Pa
             {"name": n.name, "text": n.text, "strength": n.strength, "phrases": n.phrases}
             for n in model.normalities.values()
         ],
-        "images": [asdict(row) for row in report.rows],
+        "images": [_row_record(row) for row in report.rows],
         "failures": [{"path": str(f.path), "reason": f.reason} for f in report.failures],
     }
     atomic_write_bytes(path, json.dumps(record, indent=2).encode())

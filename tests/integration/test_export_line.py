@@ -94,6 +94,10 @@ def test_manifest_round_trips_and_names_the_line(exports: dict[str, Path]) -> No
     ]
     assert all(n.phrases for n in manifest.normalities)
     assert manifest.weights_sha256 is None  # random weights: no file to hash
+    assert manifest.threshold is None
+    decided = _config()
+    decided.threshold = 0.42
+    assert build_manifest(build_addition(decided), decided, "line.onnx", "onnx").threshold == 0.42
 
 
 def test_normality_differences_are_named() -> None:

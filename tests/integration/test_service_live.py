@@ -98,6 +98,11 @@ def test_the_web_page_adds_a_normality_and_shows_before_suppression_after(
             pytest.fail("chromium is missing in CI: .ci/run installs Debian's chromium package")
         pytest.skip("Debian's chromium is not installed (apt-get install chromium); CI always runs this test")
     image = bottle_dir / "test" / "broken_large" / "000.png"
+    with httpx.Client(base_url=live_server.url, headers={"X-API-Key": KEY}, timeout=30) as client:
+        files = [("images", ("000.png", image.read_bytes(), "image/png"))]
+        score = client.post("/v1/lines/bottle/inspect", files=files).json()["results"][0]["score_before"]
+        threshold = client.put("/v1/lines/bottle/threshold", json={"value": score / 2, "why": "browser test"})
+        assert threshold.status_code == 200, threshold.text
     with Chromium(binary, tmp_path / "profile") as browser:
         browser.navigate(f"{live_server.url}/")
         browser.evaluate(
@@ -106,6 +111,14 @@ def test_the_web_page_adds_a_normality_and_shows_before_suppression_after(
         browser.wait_for("document.querySelector('#line option')?.value === 'bottle'")
         browser.set_files("#image-file", [image])
         browser.wait_for("document.getElementById('scores').textContent.includes('000.png')")
+        # the OK/NG badge: the score is twice the threshold, so the part is NG
+        browser.wait_for("document.getElementById('verdict').dataset.verdict === 'NG'")
+        badge = browser.evaluate(
+            "[document.getElementById('verdict').textContent, document.getElementById('verdict').className,"
+            " !document.getElementById('verdict').hidden]"
+        )
+        assert badge == ["NG", "badge ng", True]
+        assert "threshold" in browser.evaluate("document.getElementById('verdict-detail').textContent")
 
         browser.evaluate(
             "document.getElementById('normality-text').value = 'broken';"
@@ -114,6 +127,7 @@ def test_the_web_page_adds_a_normality_and_shows_before_suppression_after(
         )
         browser.wait_for("document.querySelector('#normalities li[data-name=\"broken\"]') !== null")
         browser.wait_for("document.getElementById('scores').textContent.includes('normalities: broken')")
+        assert browser.evaluate("document.getElementById('verdict').dataset.verdict") in ("OK", "NG")
         shown = browser.evaluate(
             "['before', 'suppression', 'after'].map(k => document.getElementById('map-' + k))"
             ".filter(img => img.complete && img.naturalWidth === 256).length"

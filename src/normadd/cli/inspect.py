@@ -30,6 +30,7 @@ def run_inspection(
     examples: list[Path] | None = None,
     masks: list[Path] | None = None,
     detector_options: dict[str, Any] | None = None,
+    threshold: str | None = None,
     runtime_name: str = "auto",
     export: Path | None = None,
 ) -> None:
@@ -45,7 +46,8 @@ def run_inspection(
     runtime_name = resolve_line_runtime(runtime_name, export is not None)
     if export is not None:
         run_exported_inspection(
-            images, class_name, add, config_file, backbone, weights, layers, out, batch_size, runtime_name, export
+            images, class_name, add, config_file, backbone, weights, layers, out, batch_size, runtime_name, export,
+            threshold,
         )
         return
     config = config_from_options(config_file, class_name, backbone, weights, projections)
@@ -71,6 +73,7 @@ def run_inspection(
         raise NormaddError("--batch-size must be at least 1")
 
     paths = collect_images(images)
+    policy = _decision_policy(config, threshold, paths)
     runtime = resolve_runtime(device, precision)
     if runtime.note:
         console.print(f"note: {runtime.note}")
@@ -92,20 +95,26 @@ def run_inspection(
             f"{', '.join(normality.phrases) or normality.text}",
             highlight=False,
         )
-    _inspect_and_report(model, paths, out, batch_size)
+    _inspect_and_report(model, paths, out, batch_size, policy)
 
 
-def _inspect_and_report(model: Any, paths: list[Path], out: Path, batch_size: int) -> None:
+def _inspect_and_report(model: Any, paths: list[Path], out: Path, batch_size: int, policy: Any) -> None:
     """Score ``paths`` with a built or exported line; print the table and write the outputs."""
     from normadd.inspection import inspect_images
 
     with progress_bar() as progress:
         task = progress.add_task("inspecting", total=len(paths))
-        report = inspect_images(model, paths, out, batch_size, on_progress=lambda n: progress.advance(task, n))
-    table = Table("image", "before", "after", title=f"scores ({len(report.rows)} images)")
+        report = inspect_images(
+            model, paths, out, batch_size, on_progress=lambda n: progress.advance(task, n), policy=policy
+        )
+    table = Table("image", "before", "after", "verdict", "accepted by", title=f"scores ({len(report.rows)} images)")
     for row in report.rows[:20]:
-        table.add_row(Path(row.image).name, f"{row.score_before:.4f}", f"{row.score_after:.4f}")
+        decision = row.decision
+        verdicts = "-" if decision is None else f"{decision.verdict_before} -> {decision.verdict_after}"
+        accepted = "" if decision is None else decision.accepted_by_text
+        table.add_row(Path(row.image).name, f"{row.score_before:.4f}", f"{row.score_after:.4f}", verdicts, accepted)
     Console().print(table)
+    _print_verdict_summary(report, policy)
     if len(report.rows) > 20:
         console.print(f"… {len(report.rows) - 20} more rows in scores.csv")
     for failure in report.failures:
@@ -128,13 +137,15 @@ def run_exported_inspection(
     batch_size: int,
     runtime_name: str,
     export: Path,
+    threshold: str | None = None,
 ) -> None:
     """Score images with a line exported by ``normadd export``, run by onnxruntime or OpenVINO.
 
     With ``--config`` (or ``--class-name``/``--add``) the export must be that line: same class,
-    backbone, weights and normalities, or it is refused with the differences named.
+    backbone, weights and normalities, or it is refused with the differences named. Verdicts use
+    ``--threshold``, else the config's threshold, else the one in the export's manifest.
     """
-    from normadd.config import NormalitySetting, config_from_options
+    from normadd.config import LineConfig, NormalitySetting, config_from_options
     from normadd.export.runtime import ExportedLine, normality_differences, setting_differences
     from normadd.images import collect_images
 
@@ -143,8 +154,18 @@ def run_exported_inspection(
     paths = collect_images(images)
     with console.status(f"loading the export on {runtime_name}"):
         model = ExportedLine(export, runtime_name)
+    manifest = model.manifest
+    config = LineConfig(
+        class_name=manifest.class_name,
+        backbone=manifest.backbone,
+        weights=manifest.weights,
+        projections=manifest.projections,
+        layers=manifest.layers,
+        threshold=manifest.threshold,
+        threshold_scale=manifest.threshold_scale,
+        normalities=[NormalitySetting(n.text, n.strength, n.name) for n in manifest.normalities],
+    )
     if config_file is not None or class_name is not None or add:
-        manifest = model.manifest
         config = config_from_options(config_file, class_name or (None if config_file else manifest.class_name))
         if backbone is None and config_file is None:
             config.backbone = manifest.backbone
@@ -163,6 +184,7 @@ def run_exported_inspection(
                 f"export {export} is not this line ({'; '.join(problems)}): re-export it with 'normadd export' "
                 "and the same options"
             )
+    policy = _decision_policy(config, threshold, paths)
     if model.is_random:
         console.print(f"[yellow]warning:[/] {model.description}", highlight=False)
     for normality in model.normalities.values():
@@ -171,7 +193,46 @@ def run_exported_inspection(
             f"{', '.join(normality.phrases) or normality.text}",
             highlight=False,
         )
-    _inspect_and_report(model, paths, out, batch_size)
+    _inspect_and_report(model, paths, out, batch_size, policy)
+
+
+def _decision_policy(config: Any, threshold: str | None, paths: list[Path]) -> Any:
+    """The line's decisions: the config's threshold (or ``--threshold``), limits and region masks.
+
+    Region masks are checked against every image's aspect ratio before anything runs.
+    """
+    from normadd.decisions import DecisionError, check_threshold
+    from normadd.decisions.policy import DecisionPolicy, ThresholdSetting, image_size
+
+    given = None if threshold is None else ThresholdSetting(check_threshold(threshold, "--threshold"), None, "option")
+    policy = DecisionPolicy.from_config(config, given)
+    if any(item.region is not None for item in policy.limits.values()):
+        sizes, names = [], []
+        for path in paths:
+            try:
+                sizes.append(image_size(path))
+                names.append(str(path))
+            except DecisionError:
+                continue  # an unreadable image is reported as skipped by the inspection
+        policy.check_images(sizes, names)
+    return policy
+
+
+def _print_verdict_summary(report: Any, policy: Any) -> None:
+    """One line of verdict counts, or why there are none."""
+    if policy is None or not report.rows:
+        return
+    if policy.reason is not None:
+        console.print(f"note: verdicts undecided: {policy.reason}", highlight=False, soft_wrap=True)
+        return
+    decisions = [row.decision for row in report.rows if row.decision is not None]
+    ng_before = sum(d.verdict_before == "NG" for d in decisions)
+    ng_after = sum(d.verdict_after == "NG" for d in decisions)
+    console.print(
+        f"verdicts at threshold {policy.value:.6g}: NG {ng_before} before -> {ng_after} after "
+        f"({ng_before - ng_after} accepted by the added normalities) of {len(decisions)} images",
+        highlight=False,
+    )
 
 
 def register(app: typer.Typer) -> None:
@@ -219,6 +280,9 @@ def register(app: typer.Typer) -> None:
             Path | None,
             typer.Option(help="Detector weights: open_clip file, torchvision state_dict or 'random', anomalib model."),
         ] = None,
+        threshold: Annotated[
+            str | None, typer.Option(help="NG when a score is above it (default: the config's threshold).")
+        ] = None,
         model: Annotated[
             Path | None,
             typer.Option(help="anomalib export for --detector onnx (model.onnx) or openvino (model.xml + .bin)."),
@@ -258,6 +322,7 @@ def register(app: typer.Typer) -> None:
             add_example,
             mask,
             detector_options,
+            threshold,
             runtime,
             export,
         )

@@ -87,8 +87,44 @@ def register(app: typer.Typer) -> None:
             for key, value in sorted(line.settings.items()):
                 table.add_row(key, str(value))
             table.add_row("created_at", line.created_at)
+            _threshold_rows(table, registry, name)
             out.print(table)
             _print_normalities(out, registry, name)
+
+    # ignore_unknown_options: "-1" reaches the value check (one clear line) instead of "no such option"
+    @line_app.command("set-threshold", context_settings={"ignore_unknown_options": True})
+    @friendly_errors
+    def line_set_threshold(
+        name: Annotated[str, typer.Argument(help="Line name.")],
+        value: Annotated[str, typer.Argument(help="Threshold: a part is NG when its score is above it.")],
+        db: DbOption = DEFAULT_DATABASE,
+        who: WhoOption = None,
+        why: WhyOption = "",
+    ) -> None:
+        """Set a line's threshold by hand, for its current detector (normadd calibrate finds one)."""
+        from normadd.decisions.scale import score_scale
+        from normadd.decisions.thresholds import check_threshold
+        from normadd.registry.line_model import line_config
+        from normadd.registry.store import ThresholdRecord
+
+        threshold = check_threshold(value)
+        with Registry(db) as registry:
+            scale = score_scale(line_config(registry.line(name)))
+            registry.set_threshold(name, ThresholdRecord(threshold, scale, "set"), who or default_who(), why)
+            out.print(f"line '{name}': threshold {threshold:g} (NG when a score is above it)", highlight=False)
+
+    @command(line_app, "clear-threshold")
+    def line_clear_threshold(
+        name: Annotated[str, typer.Argument(help="Line name.")],
+        db: DbOption = DEFAULT_DATABASE,
+        who: WhoOption = None,
+        why: WhyOption = "",
+    ) -> None:
+        """Remove a line's threshold: its verdicts become undecided."""
+        with Registry(db) as registry:
+            previous = registry.clear_threshold(name, who or default_who(), why)
+            was = "none" if previous is None else f"{previous.value:g}"
+            out.print(f"line '{name}': threshold cleared (was {was})", highlight=False)
 
     @command(normality_app, "add")
     def normality_add(
@@ -100,6 +136,15 @@ def register(app: typer.Typer) -> None:
         who: WhoOption = None,
         why: WhyOption = "",
         device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "cpu",
+        max_area: Annotated[
+            str | None, typer.Option(help="Accept only regions up to this area: px² of the image, or e.g. '4 mm2'.")
+        ] = None,
+        max_length: Annotated[
+            str | None, typer.Option(help="Accept only regions up to this length: px of the image, or e.g. '2 mm'.")
+        ] = None,
+        region: Annotated[
+            Path | None, typer.Option(help="PNG mask, white where the normality applies (e.g. the label).")
+        ] = None,
     ) -> None:
         """Make a defect type normal on a line (phrases and f_add are computed and stored)."""
         from normadd.registry.line_model import LineModel
@@ -107,8 +152,19 @@ def register(app: typer.Typer) -> None:
 
         quiet_libraries()
         with Registry(db) as registry:
+            limits: dict[str, object] = {
+                "max_area": _number_or_text(max_area),
+                "max_length": _number_or_text(max_length),
+                "region": str(region) if region is not None else None,
+            }
+            if any(v is not None for v in limits.values()):  # checked before the model loads
+                from normadd.decisions.policy import limits_from_mapping
+                from normadd.registry.line_model import line_config
+
+                checked = limits_from_mapping(name or text, limits)
+                checked.check_units(line_config(registry.line(line)).pixel_size_mm, name or text)
             model = LineModel.load(registry, line, resolve_runtime(device))
-            added = model.add(registry, text, strength, who or default_who(), why, name)
+            added = model.add(registry, text, strength, who or default_who(), why, name, limits)
             out.print(
                 f"added normality '{added.name}' (strength {added.strength:g}) to line '{line}': "
                 f"{', '.join(added.phrases)}",
@@ -143,7 +199,8 @@ def register(app: typer.Typer) -> None:
         line: Annotated[str | None, typer.Argument(help="Only this line.")] = None,
         limit: Annotated[int, typer.Option(help="At most this many rows, newest first.")] = 20,
         action: Annotated[
-            str | None, typer.Option(help="line.create, normality.add, normality.remove or inspect.")
+            str | None,
+            typer.Option(help="line.create, normality.add/remove, threshold.set/clear or inspect."),
         ] = None,
         as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
         db: DbOption = DEFAULT_DATABASE,
@@ -165,13 +222,46 @@ def register(app: typer.Typer) -> None:
         out.print(table)
 
 
+def _number_or_text(value: str | None) -> float | str | None:
+    """A limit option as a number of pixels when it is one, else the text (``2 mm``)."""
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
+def _threshold_rows(table: Table, registry: Registry, name: str) -> None:
+    """The threshold's rows of ``line show``: value, how and by whom it was set, and whether it is usable."""
+    from normadd.decisions.scale import score_scale, stale_reason
+    from normadd.registry.line_model import line_config
+
+    stored = registry.threshold(name)
+    if stored is None:
+        table.add_row("threshold", "- (verdicts undecided: normadd calibrate or line set-threshold)")
+        return
+    table.add_row("threshold", f"{stored.value:.6g} (NG when a score is above it)")
+    how = stored.method
+    if stored.details.get("false_reject") is not None:
+        how += f" at {stored.details['false_reject']:g} on {stored.details.get('good_images')} good images"
+    why = f" ({stored.why})" if stored.why else ""
+    table.add_row("threshold set", f"{stored.set_at} by {stored.set_by}: {how}{why}")
+    reason = stale_reason(stored.scale, score_scale(line_config(registry.line(name))))
+    table.add_row("threshold status", f"STALE: {reason}" if reason else "valid for the line's detector")
+
+
 def _print_normalities(out: Console, registry: Registry, line: str) -> None:
-    table = Table("name", "text", "strength", "added by", "added at", "phrases", title=f"active normalities of {line}")
+    table = Table(
+        "name", "text", "strength", "limits", "added by", "added at", "phrases", title=f"active normalities of {line}"
+    )
     for normality in registry.normalities(line):
+        limits = ", ".join(f"{k} {v}" for k, v in sorted((normality.limits or {}).items())) or "-"
         table.add_row(
             normality.name,
             normality.text,
             f"{normality.strength:g}",
+            limits,
             normality.added_by,
             normality.added_at,
             ", ".join(normality.phrases),
@@ -181,8 +271,12 @@ def _print_normalities(out: Console, registry: Registry, line: str) -> None:
 
 def _summary(details: dict[str, Any]) -> str:
     if "image_sha256" in details:
+        verdicts = ""
+        if details.get("verdict_before"):
+            verdicts = f" ({details['verdict_before']} -> {details['verdict_after']})"
         return (
             f"{details.get('filename') or details['image_sha256'][:12]}: "
-            f"{details['score_before']:.4f} -> {details['score_after']:.4f}"
+            f"{details['score_before']:.4f} -> {details['score_after']:.4f}{verdicts}"
         )
-    return ", ".join(f"{k}={v}" for k, v in details.items() if k != "phrases" and v is not None)
+    hidden = ("phrases", "scale")  # a threshold's score scale is long: `audit --json` shows it
+    return ", ".join(f"{k}={v}" for k, v in details.items() if k not in hidden and v is not None)

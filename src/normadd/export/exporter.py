@@ -73,7 +73,8 @@ def build_manifest(addition: NormalityAddition, config: LineConfig, model_file: 
             ExportedNormality(n.name, n.text, n.strength, list(n.phrases)) for n in addition.normalities.values()
         ],
         normadd_version=normadd_version(),
-        threshold=getattr(config, "threshold", None),
+        threshold=config.threshold,
+        threshold_scale=config.threshold_scale,
     )
 
 

@@ -14,10 +14,12 @@ from pathlib import Path
 
 from torch import Tensor
 
+from normadd.decisions.policy import DecisionPolicy, ThresholdSetting
 from normadd.errors import NormaddError
 from normadd.export.manifest import LineManifest
 from normadd.export.runtime import ExportedLine, normality_differences, setting_differences
 from normadd.normality.addition import AdditionResult
+from normadd.registry.line_model import line_config
 from normadd.registry.store import LineRecord, NormalityRecord, Registry
 
 
@@ -107,6 +109,17 @@ class ExportedLineModel:
                 self._check(registry)
             return self.exported.explain(images)
 
+    def policy(self, registry: Registry) -> DecisionPolicy:
+        """The line's decision policy as the registry holds it (threshold, limits), applied to the export's maps.
+
+        Raises:
+            DecisionError: Stored limits that cannot be used (e.g. a region mask that is gone).
+        """
+        stored = registry.threshold(self.line.name)
+        threshold = None if stored is None else ThresholdSetting(stored.value, stored.scale, stored.method)
+        limits = {n.name: n.limits for n in registry.normalities(self.line.name) if n.limits}
+        return DecisionPolicy.from_config(line_config(self.line), threshold, limits)
+
     def _refuse(self, action: str) -> ExportMismatchError:
         return ExportMismatchError(
             f"line '{self.line.name}' is served from the export {self.exported.folder}, whose normalities are fixed: "
@@ -114,7 +127,14 @@ class ExportedLineModel:
         )
 
     def add(
-        self, registry: Registry, text: str, strength: float, who: str, why: str = "", name: str | None = None
+        self,
+        registry: Registry,
+        text: str,
+        strength: float,
+        who: str,
+        why: str = "",
+        name: str | None = None,
+        limits: dict[str, object] | None = None,
     ) -> NormalityRecord:
         """Refused: an export's normalities are graph constants."""
         raise self._refuse("add the normality")

@@ -77,6 +77,7 @@ class LineManifest:
     normalities: list[ExportedNormality]
     normadd_version: str
     threshold: float | None = None
+    threshold_scale: dict[str, str] | None = None
     input_range: list[float] = field(default_factory=lambda: [0.0, 1.0])
     input_layout: str = "NCHW RGB float32, batch 1..64"
     resize: str = RESIZE_MODE

@@ -16,15 +16,17 @@ import torch
 from torch import Tensor
 
 from normadd.config import LineConfig
+from normadd.decisions.policy import DecisionPolicy, ThresholdSetting, limits_from_mapping, setting_limits
 from normadd.factory import build_addition
 from normadd.normality.addition import AdditionResult, NormalityAddition
 from normadd.normality.text_normality import AddedNormality
 from normadd.registry.errors import DuplicateNormalityError
-from normadd.registry.store import LineRecord, NormalityRecord, Registry
+from normadd.registry.store import LineRecord, NormalityRecord, Registry, ThresholdRecord
 from normadd.runtime import Runtime
 
 NAMED_SETTINGS = ("class_name", "detector", "backbone", "weights", "projections", "layers", "phrase_generator")
-NOT_STORED = ("normalities", "examples")  # active normalities live in their own table
+# active normalities live in their own table, the threshold in its own (issue 11)
+NOT_STORED = ("normalities", "examples", "threshold", "threshold_scale")
 
 
 def line_config(line: LineRecord) -> LineConfig:
@@ -121,16 +123,48 @@ class LineModel:
                 self._restore(registry)
             return self.addition.explain(images)
 
+    def policy(self, registry: Registry) -> DecisionPolicy:
+        """The line's decision policy as the registry holds it now (threshold, limits, score scale).
+
+        Raises:
+            DecisionError: Stored limits that cannot be used (e.g. a region mask that is gone).
+        """
+        stored = registry.threshold(self.line.name)
+        threshold = None if stored is None else ThresholdSetting(stored.value, stored.scale, stored.method)
+        limits = {n.name: n.limits for n in registry.normalities(self.line.name) if n.limits}
+        return DecisionPolicy.from_config(line_config(self.line), threshold, limits)
+
     def add(
-        self, registry: Registry, text: str, strength: float, who: str, why: str = "", name: str | None = None
+        self,
+        registry: Registry,
+        text: str,
+        strength: float,
+        who: str,
+        why: str = "",
+        name: str | None = None,
+        limits: dict[str, object] | None = None,
     ) -> NormalityRecord:
         """Compute a normality's phrases and ``f_add``, store it, then make it active here.
+
+        Args:
+            registry: The registry to store it in.
+            text: The defect text.
+            strength: s in [0, 1].
+            who: Who adds it.
+            why: Why, for the audit log.
+            name: Key to remove it by (default: the text).
+            limits: Acceptance limits (``max_area``, ``max_length``, ``region``), or None.
 
         Raises:
             InvalidTextError: Empty or malformed text.
             ValueError: Strength outside [0, 1].
             DuplicateNormalityError: Already active on this line.
+            DecisionError: Bad limits (checked before anything is stored).
         """
+        limits = {k: v for k, v in (limits or {}).items() if v is not None} or None
+        if limits:
+            checked = limits_from_mapping(name or text, limits)
+            checked.check_units(line_config(self.line).pixel_size_mm, name or text)
         with self._lock:
             normality = self.addition.normality_detector.make_normality(text, strength, name)
             if normality.name in self.addition.normalities:
@@ -146,6 +180,7 @@ class LineModel:
                 phrases=list(normality.phrases),
                 embedding=embedding_to_bytes(normality.embedding),
                 embedding_backbone=self.addition.normality_detector.encoder.identity,
+                limits=limits,
             )
             stored = registry.add_normality(self.line.name, record, who, why)
             self.addition.normalities[normality.name] = normality
@@ -180,10 +215,24 @@ def create_line(
     Returns:
         The loaded model when the config had normalities (it was needed to encode them), else None.
     """
+    policy = DecisionPolicy.from_config(config)  # bad limits or region masks: refused before anything is stored
     registry.create_line(line_record(name, config), who, why)
+    if config.threshold is not None:
+        # a bare YAML threshold is meant for the config it is in: it gets that config's score scale
+        scale = config.threshold_scale if config.threshold_scale is not None else policy.scale
+        record = ThresholdRecord(config.threshold, scale, "config")
+        registry.set_threshold(name, record, who, why or "from the line config")
     if not config.normalities:
         return None
     model = LineModel.load(registry, name, runtime)
     for setting in config.normalities:
-        model.add(registry, setting.text, setting.strength, who, why or "from the line config", setting.name)
+        model.add(
+            registry,
+            setting.text,
+            setting.strength,
+            who,
+            why or "from the line config",
+            setting.name,
+            setting_limits(setting),
+        )
     return model

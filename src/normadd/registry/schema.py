@@ -53,6 +53,21 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: rows cannot be deleted'); END;
     """,
+    # 2: decisions (issue 11): one threshold per line, with the score scale it was set for, and
+    # acceptance limits (max_area, max_length, region) per normality.
+    """
+    CREATE TABLE thresholds (
+        line TEXT PRIMARY KEY REFERENCES lines(name),
+        value REAL NOT NULL CHECK (value >= 0.0),
+        scale TEXT,
+        method TEXT NOT NULL,
+        details TEXT NOT NULL DEFAULT '{}',
+        set_at TEXT NOT NULL,
+        set_by TEXT NOT NULL,
+        why TEXT NOT NULL DEFAULT ''
+    );
+    ALTER TABLE normalities ADD COLUMN limits TEXT;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -77,6 +77,7 @@ class NormalityRecord:
             backbone or weights changed recomputes it.
         added_at: ISO time (UTC); set by the registry.
         added_by: Who added it; set by the registry.
+        limits: Acceptance limits (``max_area``, ``max_length``, ``region``), or None.
     """
 
     name: str
@@ -87,6 +88,30 @@ class NormalityRecord:
     embedding_backbone: str | None = None
     added_at: str = ""
     added_by: str = ""
+    limits: dict[str, Any] | None = None
+
+
+@dataclass
+class ThresholdRecord:
+    """A line's threshold as stored.
+
+    Attributes:
+        value: NG when a score is above it.
+        scale: The detector identity it was set for (``normadd.decisions.scale``), or None.
+        method: ``set`` (by a person), ``false-reject`` or ``f1`` (calibrated).
+        details: How it was found (rate, image counts, escape rate …).
+        set_at: ISO time (UTC); set by the registry.
+        set_by: Who set it; set by the registry.
+        why: The reason given.
+    """
+
+    value: float
+    scale: dict[str, str] | None = None
+    method: str = "set"
+    details: dict[str, Any] = field(default_factory=dict)
+    set_at: str = ""
+    set_by: str = ""
+    why: str = ""
 
 
 @dataclass
@@ -98,6 +123,7 @@ class InspectionRecord:
     score_after: float
     normalities: list[dict[str, Any]]
     filename: str = ""
+    decision: dict[str, Any] | None = None  # verdict_before/after, accepted_by … (issue 11)
 
 
 @dataclass
@@ -108,7 +134,8 @@ class AuditEntry:
         id: Increasing row id.
         at: ISO time (UTC).
         line: The line it concerns.
-        action: ``line.create``, ``normality.add``, ``normality.remove`` or ``inspect``.
+        action: ``line.create``, ``normality.add``, ``normality.remove``, ``threshold.set``,
+            ``threshold.clear`` or ``inspect``.
         who: The person or API key name that did it.
         why: The reason given ("" when none).
         details: What changed or what was inspected.
@@ -253,7 +280,7 @@ class Registry:
                 )
             db.execute(
                 "INSERT INTO normalities (line, name, text, strength, phrases, embedding, embedding_backbone, "
-                "added_at, added_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "added_at, added_by, limits) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     line,
                     normality.name,
@@ -264,6 +291,7 @@ class Registry:
                     normality.embedding_backbone,
                     normality.added_at,
                     normality.added_by,
+                    json.dumps(normality.limits, sort_keys=True) if normality.limits else None,
                 ),
             )
             details = {
@@ -272,6 +300,8 @@ class Registry:
                 "strength": normality.strength,
                 "phrases": normality.phrases,
             }
+            if normality.limits:
+                details["limits"] = normality.limits
             db.execute("UPDATE lines SET revision = revision + 1 WHERE name = ?", (line,))
             self._audit(db, line, "normality.add", who, why, details)
         return normality
@@ -323,6 +353,79 @@ class Registry:
             ).fetchall()
         return [_normality(row) for row in rows]
 
+    # --- thresholds ----------------------------------------------------------------------
+
+    def set_threshold(self, line: str, threshold: ThresholdRecord, who: str, why: str = "") -> ThresholdRecord:
+        """Store a line's threshold (replacing the one before) and log it with who and why.
+
+        Raises:
+            LineNotFoundError: No such line.
+            NormaddError: A value that is not a finite number >= 0.
+        """
+        from normadd.decisions.thresholds import check_threshold
+
+        threshold.value = check_threshold(threshold.value)
+        self.line(line)
+        threshold.set_at, threshold.set_by, threshold.why = _now(), who or "unknown", why or ""
+        with self._transaction() as db:
+            previous = db.execute("SELECT value FROM thresholds WHERE line = ?", (line,)).fetchone()
+            db.execute(
+                "INSERT OR REPLACE INTO thresholds (line, value, scale, method, details, set_at, set_by, why) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    line,
+                    threshold.value,
+                    json.dumps(threshold.scale, sort_keys=True) if threshold.scale is not None else None,
+                    threshold.method,
+                    json.dumps(threshold.details, sort_keys=True),
+                    threshold.set_at,
+                    threshold.set_by,
+                    threshold.why,
+                ),
+            )
+            details = {
+                "value": threshold.value,
+                "previous": None if previous is None else previous[0],
+                "method": threshold.method,
+                "scale": threshold.scale,
+                **threshold.details,
+            }
+            self._audit(db, line, "threshold.set", who, why, details)
+        return threshold
+
+    def threshold(self, line: str) -> ThresholdRecord | None:
+        """The line's threshold, or None when it has none.
+
+        Raises:
+            LineNotFoundError: No such line.
+        """
+        self.line(line)
+        with self._lock:
+            row = self._db.execute("SELECT * FROM thresholds WHERE line = ?", (line,)).fetchone()
+        if row is None:
+            return None
+        return ThresholdRecord(
+            value=row["value"],
+            scale=json.loads(row["scale"]) if row["scale"] else None,
+            method=row["method"],
+            details=json.loads(row["details"]),
+            set_at=row["set_at"],
+            set_by=row["set_by"],
+            why=row["why"],
+        )
+
+    def clear_threshold(self, line: str, who: str, why: str = "") -> ThresholdRecord | None:
+        """Remove a line's threshold (its verdicts become undecided) and log it; returns the old one.
+
+        Raises:
+            LineNotFoundError: No such line.
+        """
+        previous = self.threshold(line)
+        with self._transaction() as db:
+            db.execute("DELETE FROM thresholds WHERE line = ?", (line,))
+            self._audit(db, line, "threshold.clear", who, why, {"previous": previous.value if previous else None})
+        return previous
+
     # --- audit ---------------------------------------------------------------------------
 
     def record_inspections(self, line: str, inspections: list[InspectionRecord], who: str) -> list[int]:
@@ -333,7 +436,7 @@ class Registry:
         """
         self.line(line)
         with self._transaction() as db:
-            return [self._audit(db, line, "inspect", who, "", asdict(item)) for item in inspections]
+            return [self._audit(db, line, "inspect", who, "", _inspection_details(item)) for item in inspections]
 
     def audit(
         self, line: str | None = None, limit: int = 100, action: str | None = None, before_id: int | None = None
@@ -364,6 +467,15 @@ class Registry:
             return "; ".join(row[0] for row in self._db.execute("PRAGMA integrity_check"))
 
 
+def _inspection_details(item: InspectionRecord) -> dict[str, Any]:
+    """An inspection's audit details: scores, normalities and, when decided, the verdict fields."""
+    details = asdict(item)
+    decision = details.pop("decision")
+    if decision:
+        details.update(decision)
+    return details
+
+
 def _normality(row: sqlite3.Row) -> NormalityRecord:
     return NormalityRecord(
         name=row["name"],
@@ -374,4 +486,5 @@ def _normality(row: sqlite3.Row) -> NormalityRecord:
         embedding_backbone=row["embedding_backbone"],
         added_at=row["added_at"],
         added_by=row["added_by"],
+        limits=json.loads(row["limits"]) if row["limits"] else None,
     )

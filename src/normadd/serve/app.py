@@ -31,6 +31,9 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from torch import Tensor
 
+from normadd.decisions.errors import DecisionError
+from normadd.decisions.policy import image_size
+from normadd.decisions.scale import score_scale, stale_reason
 from normadd.errors import ExportedModelError, ImageLoadError, InvalidTextError, NormaddError
 from normadd.export.line_model import ExportedLineModel, ExportMismatchError, check_export
 from normadd.export.manifest import LineManifest
@@ -42,8 +45,8 @@ from normadd.registry.errors import (
     LineNotFoundError,
     NormalityNotFoundError,
 )
-from normadd.registry.line_model import LineModel, create_line, line_record
-from normadd.registry.store import InspectionRecord, NormalityRecord, Registry
+from normadd.registry.line_model import LineModel, create_line, line_config, line_record
+from normadd.registry.store import InspectionRecord, NormalityRecord, Registry, ThresholdRecord
 from normadd.runtime import resolve_runtime
 from normadd.serve import schemas
 from normadd.serve.batching import MicroBatcher
@@ -64,6 +67,7 @@ STATUS_OF: list[tuple[type[Exception], int, str]] = [
     (ExportedModelError, 422, "bad_export"),
     (ImageLoadError, 422, "bad_image"),
     (InvalidTextError, 422, "bad_text"),
+    (DecisionError, 422, "bad_decision_input"),
     (NormaddError, 422, "bad_request"),
     (ValueError, 422, "bad_value"),
 ]
@@ -269,6 +273,7 @@ def _normality_out(record: NormalityRecord) -> schemas.NormalityOut:
         phrases=record.phrases,
         added_at=record.added_at,
         added_by=record.added_by,
+        limits=record.limits,
     )
 
 
@@ -374,12 +379,25 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
             )
 
         batch = await run(decode)
+        policy = await run(served.model.policy, service.registry)
+        sizes = [image_size(data) for data in contents] if policy.has_limits else None
+        if sizes is not None:
+            policy.check_images(sizes, names)  # a region mask of another aspect ratio: 422, nothing logged
         result = await served.batcher.submit(batch)
         hashes = [hashlib.sha256(data).hexdigest() for data in contents]
         strengths = {n["name"]: n["strength"] for n in served.model.active()}
         active: list[dict[str, Any]] = [{"name": name, "strength": strengths.get(name)} for name in result.names]
+        decided = await run(policy.apply, result, [strengths.get(name, 1.0) for name in result.names], sizes)
+        result = decided.result
         records = [
-            InspectionRecord(sha, float(result.before_scores[i]), float(result.after_scores[i]), active, names[i])
+            InspectionRecord(
+                sha,
+                float(result.before_scores[i]),
+                float(result.after_scores[i]),
+                active,
+                names[i],
+                decided.decisions[i].as_dict(),
+            )
             for i, sha in enumerate(hashes)
         ]
         ids = await run(service.registry.record_inspections, line, records, who)
@@ -405,10 +423,58 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
                     score_after=record.score_after,
                     audit_id=audit_id,
                     maps=overlay,
+                    **(record.decision or {}),
                 )
                 for record, audit_id, overlay in zip(records, ids, overlays, strict=True)
             ],
         )
+
+    def threshold_out(line: str) -> schemas.ThresholdOut:
+        stored = service.registry.threshold(line)
+        if stored is None:
+            return schemas.ThresholdOut(line=line, value=None, status="none")
+        reason = stale_reason(stored.scale, score_scale(line_config(service.registry.line(line))))
+        return schemas.ThresholdOut(
+            line=line,
+            value=stored.value,
+            method=stored.method,
+            set_at=stored.set_at,
+            set_by=stored.set_by,
+            why=stored.why,
+            details=stored.details,
+            status=f"stale: {reason}" if reason else "valid",
+        )
+
+    @app.get("/v1/lines/{line}/threshold", response_model=schemas.ThresholdOut, responses=ERRORS, tags=["decisions"])
+    async def get_threshold(line: str, who: Caller) -> schemas.ThresholdOut:
+        """The line's threshold and whether it fits the line's current detector."""
+        return await run(threshold_out, line)
+
+    @app.put(
+        "/v1/lines/{line}/threshold",
+        response_model=schemas.ThresholdOut,
+        responses={**ERRORS, 422: {"model": schemas.ErrorOut}},
+        tags=["decisions"],
+    )
+    async def set_threshold(line: str, body: schemas.ThresholdIn, who: Caller) -> schemas.ThresholdOut:
+        """Set the line's threshold by hand, for its current detector (logged with who and why)."""
+
+        def store() -> schemas.ThresholdOut:
+            scale = score_scale(line_config(service.registry.line(line)))
+            service.registry.set_threshold(line, ThresholdRecord(body.value, scale, "set"), who, body.why)
+            return threshold_out(line)
+
+        return await run(store)
+
+    @app.delete("/v1/lines/{line}/threshold", response_model=schemas.ThresholdOut, responses=ERRORS, tags=["decisions"])
+    async def clear_threshold(
+        line: str,
+        who: Caller,
+        why: Annotated[str, Query(max_length=500, description="Reason, kept in the audit log.")] = "",
+    ) -> schemas.ThresholdOut:
+        """Remove the line's threshold: its verdicts become undecided (logged with who and why)."""
+        await run(service.registry.clear_threshold, line, who, why)
+        return await run(threshold_out, line)
 
     @app.get(
         "/v1/lines/{line}/normalities", response_model=schemas.NormalitiesOut, responses=ERRORS, tags=["normalities"]
@@ -428,7 +494,10 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
     async def add_normality(line: str, body: schemas.NormalityIn, who: Caller) -> schemas.NormalityOut:
         """Make a defect type normal on the line (logged with who and why)."""
         served = await service.line(line)
-        record = await run(served.model.add, service.registry, body.text, body.strength, who, body.why, body.name)
+        limits = {"max_area": body.max_area, "max_length": body.max_length}  # region masks: set from the CLI
+        record = await run(
+            served.model.add, service.registry, body.text, body.strength, who, body.why, body.name, limits
+        )
         return _normality_out(record)
 
     @app.delete(

@@ -113,10 +113,32 @@ async function inspect(file) {
     $("scores").textContent =
       `${result.filename}: score before ${result.score_before.toFixed(4)} → after ${result.score_after.toFixed(4)}` +
       ` (normalities: ${active})${body.random_weights ? " — RANDOM weights: maps are not meaningful" : ""}`;
+    showVerdict(result);
     status(`inspected ${result.filename}`);
   } catch (error) {
     status(error.message, true);
   }
+}
+
+// The OK/NG badge: the verdict after the active normalities, and what changed it.
+function showVerdict(result) {
+  const badge = $("verdict");
+  const after = result.verdict_after;
+  badge.hidden = false;
+  badge.textContent = after === "undecided" ? "undecided" : after;
+  badge.className = `badge ${after === "OK" ? "ok" : after === "NG" ? "ng" : "undecided"}`;
+  badge.dataset.verdict = after;
+  let detail = "";
+  if (after === "undecided") {
+    detail = result.verdict_reason;
+  } else {
+    detail = `before: ${result.verdict_before} (threshold ${Number(result.threshold).toFixed(4)})`;
+    if (result.verdict_before === "NG" && after === "OK") {
+      const names = result.accepted_by.join(result.accepted_combined ? " + " : ", ");
+      detail += result.accepted_combined ? ` · accepted only together: ${names}` : ` · accepted by ${names}`;
+    }
+  }
+  $("verdict-detail").textContent = detail;
 }
 
 $("connect").addEventListener("click", connect);
