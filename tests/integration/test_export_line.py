@@ -283,3 +283,17 @@ def test_cli_serve_refuses_an_export_of_other_normalities(exports: dict[str, Pat
     assert str(exports["onnx"]) in line and "in the export but not active on the line: contamination" in line
     line = _error(["serve", "--config", str(config), "--runtime", "onnx"])
     assert "--export DIR" in line
+
+
+def test_inspect_decides_with_the_threshold_in_the_manifest(
+    exports: dict[str, Path], bottle_dir: Path, tmp_path: Path
+) -> None:
+    folder = _copy(exports["onnx"], tmp_path / "decided")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["threshold"] = 0.5  # the line's threshold travels in the manifest (not a graph constant)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    images = list(map(str, _images(bottle_dir)))
+    result = runner.invoke(app, ["inspect", *images, "--export", str(folder), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "OpenVINO" in (tmp_path / "out" / "scores.csv").read_text()  # --runtime auto runs an export on OpenVINO
+    assert "verdicts at threshold 0.5" in result.output
