@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -11,6 +11,11 @@ from rich.table import Table
 
 from normadd.cli.common import console, friendly_errors, progress_bar, quiet_libraries
 from normadd.errors import NormaddError
+
+if TYPE_CHECKING:  # the CLI imports torch-heavy modules only when a command runs
+    from normadd.config import LineConfig
+    from normadd.decisions.policy import DecisionPolicy
+    from normadd.inspection import InspectableLine, InspectionReport
 
 
 def run_inspection(
@@ -98,7 +103,9 @@ def run_inspection(
     _inspect_and_report(model, paths, out, batch_size, policy)
 
 
-def _inspect_and_report(model: Any, paths: list[Path], out: Path, batch_size: int, policy: Any) -> None:
+def _inspect_and_report(
+    model: InspectableLine, paths: list[Path], out: Path, batch_size: int, policy: DecisionPolicy | None
+) -> None:
     """Score ``paths`` with a built or exported line; print the table and write the outputs."""
     from normadd.inspection import inspect_images
 
@@ -196,7 +203,7 @@ def run_exported_inspection(
     _inspect_and_report(model, paths, out, batch_size, policy)
 
 
-def _decision_policy(config: Any, threshold: str | None, paths: list[Path]) -> Any:
+def _decision_policy(config: LineConfig, threshold: str | None, paths: list[Path]) -> DecisionPolicy:
     """The line's decisions: the config's threshold (or ``--threshold``), limits and region masks.
 
     Region masks are checked against every image's aspect ratio before anything runs.
@@ -218,7 +225,7 @@ def _decision_policy(config: Any, threshold: str | None, paths: list[Path]) -> A
     return policy
 
 
-def _print_verdict_summary(report: Any, policy: Any) -> None:
+def _print_verdict_summary(report: InspectionReport, policy: DecisionPolicy | None) -> None:
     """One line of verdict counts, or why there are none."""
     if policy is None or not report.rows:
         return
