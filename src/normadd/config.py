@@ -179,6 +179,7 @@ class LineConfig:
     memory_bank: str | None = None
     # Retention (issue 12): keep the last N inspected images, e.g. {"images": 200}.
     retain: dict[str, Any] | None = None
+    model: str | None = None  # an anomalib ONNX/OpenVINO export (detector: onnx | openvino)
     # Decisions (issue 11): NG when a score is above ``threshold``; ``threshold_scale`` is the
     # detector identity it was calibrated for (normadd.decisions.scale); mm per image pixel.
     threshold: float | None = None

@@ -65,6 +65,7 @@ def register(app: typer.Typer) -> None:
         memory_bank: opt.MemoryBank = None,
         detector_backbone: opt.DetectorBackbone = None,
         detector_weights: opt.DetectorWeights = None,
+        detector_model: opt.Model = None,
         batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 8,
         device: opt.Device = "auto",
         precision: opt.Precision = "auto",
@@ -150,6 +151,7 @@ def register(app: typer.Typer) -> None:
                 memory_bank=memory_bank,
                 detector_backbone=detector_backbone,
                 detector_weights=detector_weights,
+                model=detector_model,
             )
             config.normalities, config.examples = [], []  # calibration reads "before" scores only
             with console.status("loading the detector"):

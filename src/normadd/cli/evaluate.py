@@ -99,6 +99,7 @@ def register(app: typer.Typer) -> None:
         memory_bank: opt.MemoryBank = None,
         detector_backbone: opt.DetectorBackbone = None,
         detector_weights: opt.DetectorWeights = None,
+        model: opt.Model = None,
         batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 8,
         device: opt.Device = "auto",
         precision: opt.Precision = "auto",
@@ -144,6 +145,7 @@ def register(app: typer.Typer) -> None:
             memory_bank=memory_bank,
             detector_backbone=detector_backbone,
             detector_weights=detector_weights,
+            model=model,
         )
         if line.memory_bank is not None and (class_list is None or len(class_list) != 1):
             raise NormaddError(

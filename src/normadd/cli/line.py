@@ -64,6 +64,7 @@ def register(app: typer.Typer) -> None:
         memory_bank: opt.MemoryBank = None,
         detector_backbone: opt.DetectorBackbone = None,
         detector_weights: opt.DetectorWeights = None,
+        model: opt.Model = None,
         db: DbOption = DEFAULT_DATABASE,
         who: WhoOption = None,
         why: WhyOption = "",
@@ -90,6 +91,7 @@ def register(app: typer.Typer) -> None:
             memory_bank=memory_bank,
             detector_backbone=detector_backbone,
             detector_weights=detector_weights,
+            model=model,
         )
         with Registry(db) as registry:
             create_line(registry, name, config, who or default_who(), why)

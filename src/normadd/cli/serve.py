@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -16,9 +17,16 @@ if TYPE_CHECKING:
 
 
 def serve(
-    config: Path | ServiceConfig, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info"
+    config: Path | ServiceConfig,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    log_level: str = "info",
+    runtime: str | None = None,
+    export: Path | None = None,
 ) -> None:
     """Load the line once and serve it until interrupted.
+
+    ``runtime`` and ``export`` override the config's ``service.runtime`` and ``service.export``.
 
     Raises:
         NormaddError: Bad config, no API key, or a model that cannot be loaded.
@@ -26,9 +34,17 @@ def serve(
     import uvicorn
 
     from normadd.serve.app import create_app
+    from normadd.serve.settings import ServiceConfig
 
     logging.getLogger("normadd").setLevel(logging.INFO)
-    app = create_app(config)
+    settings = config if isinstance(config, ServiceConfig) else ServiceConfig.from_yaml(config)
+    if runtime is not None or export is not None:
+        # A config without an export resolved its runtime to torch; a new --export starts from auto again.
+        keep = settings.runtime if settings.export is not None else "auto"
+        settings = dataclasses.replace(
+            settings, runtime=runtime or keep, export=export if export is not None else settings.export
+        )
+    app = create_app(settings)
     uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False)
 
 
@@ -52,12 +68,15 @@ def register(app: typer.Typer) -> None:
         resize: opt.Resize = None,
         image_score: opt.ImageScore = None,
         detector: opt.Detector = None,
+        model: opt.Model = None,
         shots: opt.Shots = None,
         reference: opt.Reference = None,
         maps: opt.Maps = None,
         memory_bank: opt.MemoryBank = None,
         detector_backbone: opt.DetectorBackbone = None,
         detector_weights: opt.DetectorWeights = None,
+        runtime: opt.Runtime = None,
+        export: opt.Export = None,
     ) -> None:
         """Serve inspections, normalities, the audit log and the web page over HTTP (needs the serve extra).
 
@@ -86,5 +105,6 @@ def register(app: typer.Typer) -> None:
             memory_bank=memory_bank,
             detector_backbone=detector_backbone,
             detector_weights=detector_weights,
+            model=model,
         )
-        serve(settings, host, port, log_level)
+        serve(settings, host, port, log_level, runtime, export)
