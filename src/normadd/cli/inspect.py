@@ -64,7 +64,12 @@ def run_inspection(
         say("note:", runtime.note)
     with progress_bar() as progress:  # a spinner while loading; a PatchCore fit adds its own bars
         loading = progress.add_task("loading model and encoding texts", total=None)
-        model = build_addition(config, runtime, ProgressBars(progress))
+        try:
+            model = build_addition(config, runtime, ProgressBars(progress))
+        except BaseException:
+            for task in list(progress.task_ids):  # a load error stays one line: no half-drawn bars above it
+                progress.remove_task(task)
+            raise
         progress.update(loading, total=1, completed=1)
     encoder = model.normality_detector.encoder
     if encoder.is_random:
