@@ -297,3 +297,60 @@ def test_inspect_decides_with_the_threshold_in_the_manifest(
     assert result.exit_code == 0, result.output
     assert "OpenVINO" in (tmp_path / "out" / "scores.csv").read_text()  # --runtime auto runs an export on OpenVINO
     assert "verdicts at threshold 0.5" in result.output
+
+
+def test_a_letterbox_line_exports_its_resize_and_threshold_and_runs_like_torch(
+    bottle_dir: Path, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    wide = tmp_path / "images" / "wide.png"  # not square: letterbox and squash give other pixels
+    wide.parent.mkdir()
+    Image.open(bottle_dir / "test" / "broken_large" / "000.png").crop((0, 150, 900, 750)).save(wide)
+    config = tmp_path / "line.yaml"
+    config.write_text(
+        "class_name: bottle\nbackbone: tiny-random\nresize: letterbox\nthreshold: 0.3\n"
+        "normalities: [broken, 'contamination:0.5']\n"
+    )
+    folder = tmp_path / "export"
+    made = runner.invoke(app, ["export", "--config", str(config), "--format", "onnx", "--out", str(folder)])
+    assert made.exit_code == 0, made.output
+    manifest = LineManifest.read(folder)
+    assert manifest.resize == "letterbox" and manifest.threshold == 0.3
+
+    torch_run = runner.invoke(app, ["inspect", str(wide), "--config", str(config), "--out", str(tmp_path / "torch")])
+    assert torch_run.exit_code == 0, torch_run.output
+    export = ["--export", str(folder), "--runtime", "onnx"]
+    ort_run = runner.invoke(app, ["inspect", str(wide), *export, "--out", str(tmp_path / "ort")])
+    assert ort_run.exit_code == 0, ort_run.output
+    squashed = runner.invoke(
+        app, ["inspect", str(wide), "--config", str(config), "--resize", "squash", "--out", str(tmp_path / "sq")]
+    )
+    assert squashed.exit_code == 0, squashed.output
+
+    def rows(folder: Path) -> tuple[list[str], list[dict[str, str]]]:
+        with (folder / "scores.csv").open() as handle:
+            reader = csv.DictReader(handle)
+            return list(reader.fieldnames or []), list(reader)
+
+    (torch_columns, torch_rows), (ort_columns, ort_rows) = rows(tmp_path / "torch"), rows(tmp_path / "ort")
+    assert ort_columns == torch_columns and "verdict_after" in ort_columns  # the same columns and verdicts
+    for mine, theirs in zip(ort_rows, torch_rows, strict=True):
+        for score in ("score_before", "score_after", "score_detector"):
+            assert abs(float(mine[score]) - float(theirs[score])) <= SCORE_TOLERANCE, score
+        assert (mine["verdict_before"], mine["verdict_after"], mine["threshold"]) == (
+            theirs["verdict_before"],
+            theirs["verdict_after"],
+            theirs["threshold"],
+        )
+    _, squash_rows = rows(tmp_path / "sq")
+    assert abs(float(squash_rows[0]["score_before"]) - float(torch_rows[0]["score_before"])) > SCORE_TOLERANCE
+
+    line = _error(["inspect", str(wide), *export, "--resize", "squash", "--out", str(tmp_path / "refused")])
+    assert "resize 'letterbox' in the export, 'squash' on the line" in line
+    bad = _copy(folder, tmp_path / "bad")
+    data = json.loads((bad / "manifest.json").read_text())
+    data["resize"] = "stretch"
+    (bad / "manifest.json").write_text(json.dumps(data))
+    line = _error(["inspect", str(wide), "--export", str(bad), "--runtime", "onnx", "--out", str(tmp_path / "bad-out")])
+    assert "resize 'stretch'" in line and "re-export" in line
