@@ -155,7 +155,34 @@ class RetentionSettings:
 
 @dataclass
 class LineConfig:
-    """Settings of one product line."""
+    """Settings of one product line.
+
+    Attributes:
+        class_name: The product class, e.g. ``bottle``.
+        backbone: CLIP backbone name, ``MODEL:TAG`` or open_clip config JSON.
+        weights: open_clip weights file (or ``random``); resolved from env/cache when None.
+        projections: APRIL-GAN projections: a checkpoint path or a name (``aprilgan-visa``).
+        layers: Tapped blocks (1-based); the backbone's default when None.
+        object_name: The object word in every prompt; the class name (``_`` as spaces) when None.
+        image_size: Side of the square the backbone runs at; the backbone's default when None.
+        resize: How images become square: ``squash`` (APRIL-GAN) or ``letterbox``.
+        image_score: ``max`` of the anomaly map or ``clip`` (APRIL-GAN's pooled score).
+        phrase_generator: ``offline`` lexicon or ``llm``.
+        normalities: Text normalities to add.
+        examples: Visual normalities to add (example images, masks).
+        detector: ``aprilgan``, ``winclip``, ``patchcore``, ``maps``, ``anomalib``, ``onnx`` or ``openvino``.
+        detector_backbone: The detector's own backbone (WinCLIP, PatchCore).
+        detector_weights: The detector's weights file (or ``random``).
+        shots: WinCLIP reference images (0, 1 or 5).
+        reference: Folder of normal images (WinCLIP+ shots, PatchCore fit).
+        maps: Folder of saved anomaly maps (``detector: maps``).
+        memory_bank: PatchCore memory bank file (loaded if it exists, else fitted and saved).
+        retain: Retention of inspected images, e.g. ``{"images": 200}`` (see :class:`RetentionSettings`).
+        model: An anomalib ONNX/OpenVINO export (``detector: onnx`` or ``openvino``).
+        threshold: NG when a score is above it; None leaves verdicts undecided.
+        threshold_scale: The detector identity the threshold was calibrated for.
+        pixel_size_mm: Millimetres per input-image pixel (for limits in mm).
+    """
 
     class_name: str
     backbone: str = DEFAULT_BACKBONE
@@ -180,6 +207,7 @@ class LineConfig:
     memory_bank: str | None = None
     # Retention (issue 12): keep the last N inspected images, e.g. {"images": 200}.
     retain: dict[str, Any] | None = None
+    model: str | None = None  # an anomalib ONNX/OpenVINO export (detector: onnx | openvino)
     # Decisions (issue 11): NG when a score is above ``threshold``; ``threshold_scale`` is the
     # detector identity it was calibrated for (normadd.decisions.scale); mm per image pixel.
     threshold: float | None = None

@@ -89,3 +89,7 @@ class ReferenceImagesError(NormaddError, ValueError):
 
 class MemoryBankMismatchError(NormaddError, ValueError):
     """A PatchCore memory bank file that is unreadable or was built with other settings."""
+
+
+class ExportedModelError(NormaddError, ValueError):
+    """An exported model (ONNX, OpenVINO IR, a line export) that cannot be read or does not fit."""

@@ -16,13 +16,14 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from PIL import Image
+from torch import Tensor
 
 from normadd.cache import atomic_write_bytes
 from normadd.errors import NormaddError
@@ -70,6 +71,40 @@ def _write_raw_maps(result: AdditionResult, index: int, stem: str, out_dir: Path
         atomic_write_bytes(out_dir / f"{stem}_{kind}.{save_maps}", buffer.getvalue())
 
 
+class InspectableLine(Protocol):
+    """What an inspection reads of a line: a :class:`NormalityAddition` or an exported line."""
+
+    @property
+    def input_size(self) -> int:
+        """Side of the square images the line takes."""
+        ...
+
+    @property
+    def description(self) -> str:
+        """The line in one line."""
+        ...
+
+    @property
+    def normalities(self) -> Mapping[str, Any]:
+        """Active normalities by name (each with ``name``, ``text``, ``strength``, ``phrases``)."""
+        ...
+
+    @property
+    def shares_clip_pass(self) -> bool:
+        """True when detector and normality detector read one CLIP pass."""
+        ...
+
+    def explain(self, images: Tensor) -> AdditionResult:
+        """Maps and scores before and after the normalities."""
+        ...
+
+
+def _is_random(model: InspectableLine) -> bool:
+    if isinstance(model, NormalityAddition):
+        return model.normality_detector.encoder.is_random
+    return bool(getattr(model, "is_random", False))
+
+
 @dataclass
 class ScoreRow:
     """One inspected image."""
@@ -113,7 +148,7 @@ def _write_overlays(
 
 
 def inspect_images(
-    model: NormalityAddition,
+    model: InspectableLine,
     paths: Sequence[Path],
     out_dir: str | Path,
     batch_size: int = 4,
@@ -125,7 +160,7 @@ def inspect_images(
     """Inspect ``paths`` before and after the added normalities; write everything to ``out_dir``.
 
     Args:
-        model: The detector wrapped with its normalities.
+        model: The detector wrapped with its normalities, or an exported line.
         paths: Image files.
         out_dir: Output folder (created).
         batch_size: Images per forward pass.
@@ -138,17 +173,18 @@ def inspect_images(
     check_map_format(save_maps)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    encoder = model.normality_detector.encoder
+    random = _is_random(model)
     report = InspectionReport(out_dir=out, model=model.description, decided=policy is not None)
     strengths = [n.strength for n in model.normalities.values()]
     stems = dict(zip(paths, output_stems(paths), strict=True))
     normalities = "; ".join(f"{n.text}:{n.strength:g}" for n in model.normalities.values())
     metadata = {"normadd-model": model.description, "normadd-normalities": normalities or "none"}
     # Detectors that read per-image files (saved maps) check them all first, then learn each batch's paths.
-    check_images = getattr(model.detector, "check_images", None)
+    detector = getattr(model, "detector", None)
+    check_images = getattr(detector, "check_images", None)
     if callable(check_images):
         check_images(paths)
-    prepare_batch = getattr(model.detector, "prepare_batch", None)
+    prepare_batch = getattr(detector, "prepare_batch", None)
     for start in range(0, len(paths), batch_size):
         chunk = list(paths[start : start + batch_size])
         loaded, images, failures = load_batch(chunk, model.input_size, resize)
@@ -165,7 +201,7 @@ def inspect_images(
                 decided = policy.apply(result, strengths, sizes)
                 result, decisions = decided.result, list(decided.decisions)
             for i, path in enumerate(loaded):
-                _write_overlays(result, i, images[i], stems[path], out, metadata, encoder.is_random)
+                _write_overlays(result, i, images[i], stems[path], out, metadata, random)
                 if save_maps is not None:
                     _write_raw_maps(result, i, stems[path], out, save_maps)
                 report.rows.append(
@@ -220,10 +256,10 @@ def _row_record(row: ScoreRow) -> dict[str, object]:
     return record
 
 
-def _write_run_record(report: InspectionReport, model: NormalityAddition, path: Path) -> None:
+def _write_run_record(report: InspectionReport, model: InspectableLine, path: Path) -> None:
     record = {
         "model": report.model,
-        "random_weights": model.normality_detector.encoder.is_random,
+        "random_weights": _is_random(model),
         "shared_clip_pass": model.shares_clip_pass,
         "normalities": [
             {"name": n.name, "text": n.text, "strength": n.strength, "phrases": n.phrases}

@@ -36,17 +36,27 @@ SHARED_LINE_FLAGS = {
     "--maps",
     "--memory-bank",
     "--coreset",
+    "--model",
 }
+# Flags of the commands that run a line (inspect, serve): how it runs, the same meaning on both.
+RUN_FLAGS = {"--runtime", "--export"}
 # Commands that build a full line (APRIL-GAN or another detector plus the normality detector).
-LINE_COMMANDS = (("inspect",), ("evaluate",), ("serve",), ("line", "create"), ("calibrate",))
+LINE_COMMANDS = (("inspect",), ("evaluate",), ("serve",), ("line", "create"), ("calibrate",), ("export",))
+RUN_COMMANDS = (("inspect",), ("serve",))
 # train-projections builds the CLIP encoder and reads a dataset, never a detector.
 TRAIN_FLAGS = {"--config", "--object-name", "--backbone", "--weights", "--layers", "--image-size", "--resize"}
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z-]+")
 # Flags a command's code paths can never print, each with the reason.
+_RUNS_NO_EXPORT = "only inspect and serve run a line export (resolve_line_runtime is called there alone)"
 NEVER_PRINTED = {
     "evaluate": {
         "--class-name": "evaluate names each class by its folder (--classes); config_from_options gets a placeholder",
+        "--runtime": _RUNS_NO_EXPORT,
+        "--export": _RUNS_NO_EXPORT,
     },
+    "line": {"--runtime": _RUNS_NO_EXPORT, "--export": _RUNS_NO_EXPORT},
+    "calibrate": {"--runtime": _RUNS_NO_EXPORT, "--export": _RUNS_NO_EXPORT},
+    "export": {"--runtime": _RUNS_NO_EXPORT, "--export": _RUNS_NO_EXPORT},
 }
 
 
@@ -65,6 +75,16 @@ def _flags(command: Any) -> set[str]:
 def test_every_line_command_takes_every_shared_line_option(path: tuple[str, ...]) -> None:
     missing = SHARED_LINE_FLAGS - _flags(_command(*path)) - set(NEVER_PRINTED.get(path[0], {}))
     assert not missing, f"normadd {' '.join(path)} lacks {sorted(missing)}"
+
+
+@pytest.mark.parametrize("path", RUN_COMMANDS, ids=" ".join)
+def test_every_command_that_runs_a_line_takes_runtime_and_export_with_one_help(path: tuple[str, ...]) -> None:
+    assert _flags(_command(*path)) >= RUN_FLAGS
+    helps = {
+        flag: {p.help for name in RUN_COMMANDS for p in _command(*name).params if flag in getattr(p, "opts", [])}
+        for flag in RUN_FLAGS
+    }
+    assert all(len(texts) == 1 for texts in helps.values()), helps
 
 
 def test_train_projections_takes_the_encoder_line_options() -> None:

@@ -452,3 +452,18 @@ def test_the_patchcore_coreset_is_part_of_the_score_scale_only_for_patchcore_and
     aprilgan = LineConfig(class_name="bottle", backbone="tiny-random")
     ignored = LineConfig(class_name="bottle", backbone="tiny-random", coreset="fast")
     assert stale_reason(score_scale(aprilgan), score_scale(ignored)) is None
+
+
+def test_the_bounding_box_shortcut_gives_the_same_length_decisions_as_measuring_every_region() -> None:
+    from scipy import ndimage
+
+    from normadd.decisions.limits import AnomalousRegions
+
+    rng = np.random.default_rng(7)
+    before = ndimage.gaussian_filter(rng.random((96, 96)), 2).astype(np.float32)
+    regions = AnomalousRegions(before, float(np.quantile(before, 0.9)), image_size=(300, 200))
+    everything = np.ones(regions.count, dtype=bool)
+    assert regions.count > 5
+    for max_length in (3.0, 10.0, 25.0, 60.0):
+        measured = regions.lengths(everything) <= max_length
+        assert np.array_equal(regions.within_length(everything, max_length), measured)

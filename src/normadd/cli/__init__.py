@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from normadd.cli import audit, authority, calibrate, evaluate, inspect, line, serve, train
+from normadd.cli import audit, authority, calibrate, evaluate, export, inspect, line, serve, train
 
 app = typer.Typer(
     name="normadd",
@@ -19,7 +19,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-for _group in (inspect, train, line, audit, authority, serve, evaluate, calibrate):
+for _group in (inspect, train, line, audit, authority, serve, evaluate, calibrate, export):
     _group.register(app)
 
 

@@ -66,6 +66,7 @@ def register(app: typer.Typer) -> None:
         detector_backbone: opt.DetectorBackbone = None,
         detector_weights: opt.DetectorWeights = None,
         coreset: opt.Coreset = None,
+        detector_model: opt.Model = None,
         batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 8,
         device: opt.Device = "auto",
         precision: opt.Precision = "auto",
@@ -153,6 +154,7 @@ def register(app: typer.Typer) -> None:
                 detector_backbone=detector_backbone,
                 detector_weights=detector_weights,
                 coreset=coreset,
+                model=detector_model,
             )
             config.normalities, config.examples = [], []  # calibration reads "before" scores only
             with console.status("loading the detector"):

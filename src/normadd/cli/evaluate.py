@@ -100,6 +100,7 @@ def register(app: typer.Typer) -> None:
         detector_backbone: opt.DetectorBackbone = None,
         detector_weights: opt.DetectorWeights = None,
         coreset: opt.Coreset = None,
+        model: opt.Model = None,
         batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 8,
         device: opt.Device = "auto",
         precision: opt.Precision = "auto",
@@ -146,6 +147,7 @@ def register(app: typer.Typer) -> None:
             detector_backbone=detector_backbone,
             detector_weights=detector_weights,
             coreset=coreset,
+            model=model,
         )
         if line.memory_bank is not None and (class_list is None or len(class_list) != 1):
             raise NormaddError(

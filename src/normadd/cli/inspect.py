@@ -13,10 +13,12 @@ from normadd.cli import options as opt
 from normadd.cli.common import console, friendly_errors, inert, progress_bar, quiet_libraries, say
 from normadd.errors import NormaddError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the CLI imports torch-heavy modules only when a command runs
     from rich.progress import Progress, TaskID
 
     from normadd.config import LineConfig
+    from normadd.decisions.policy import DecisionPolicy
+    from normadd.inspection import InspectableLine, InspectionReport
 
 
 def run_inspection(
@@ -37,7 +39,7 @@ def run_inspection(
     from normadd.config import ExampleSetting, NormalitySetting
     from normadd.factory import build_addition
     from normadd.images import collect_images, first_readable
-    from normadd.inspection import check_map_format, inspect_images
+    from normadd.inspection import check_map_format
     from normadd.runtime import resolve_runtime
 
     quiet_libraries()
@@ -62,7 +64,12 @@ def run_inspection(
         say("note:", runtime.note)
     with progress_bar() as progress:  # a spinner while loading; a PatchCore fit adds its own bars
         loading = progress.add_task("loading model and encoding texts", total=None)
-        model = build_addition(config, runtime, ProgressBars(progress))
+        try:
+            model = build_addition(config, runtime, ProgressBars(progress))
+        except BaseException:
+            for task in list(progress.task_ids):  # a load error stays one line: no half-drawn bars above it
+                progress.remove_task(task)
+            raise
         progress.update(loading, total=1, completed=1)
     encoder = model.normality_detector.encoder
     if encoder.is_random:
@@ -77,6 +84,21 @@ def run_inspection(
             f"added normality '{normality.name}' (strength {normality.strength:g}): "
             f"{', '.join(normality.phrases) or normality.text}",
         )
+    _inspect_and_report(model, paths, out, batch_size, policy, config.resize, save_maps)
+
+
+def _inspect_and_report(
+    model: InspectableLine,
+    paths: list[Path],
+    out: Path,
+    batch_size: int,
+    policy: DecisionPolicy | None,
+    resize: str,
+    save_maps: str | None,
+) -> None:
+    """Score ``paths`` with a built or exported line; print the table and write the outputs."""
+    from normadd.inspection import inspect_images
+
     with progress_bar() as progress:
         task = progress.add_task("inspecting", total=len(paths))
         report = inspect_images(
@@ -85,7 +107,7 @@ def run_inspection(
             out,
             batch_size,
             on_progress=lambda n: progress.advance(task, n),
-            resize=config.resize,
+            resize=resize,
             save_maps=save_maps,
             policy=policy,
         )
@@ -110,7 +132,79 @@ def run_inspection(
         raise typer.Exit(2)
 
 
-def _decision_policy(config: Any, threshold: str | None, paths: list[Path]) -> Any:
+def run_exported_inspection(
+    images: list[Path],
+    export: Path,
+    runtime_name: str,
+    config_file: Path | None,
+    class_name: str | None,
+    add: list[str],
+    line_options: dict[str, Any],
+    out: Path,
+    batch_size: int,
+    threshold: str | None = None,
+    save_maps: str | None = None,
+) -> None:
+    """Score images with a line exported by ``normadd export``, run by onnxruntime or OpenVINO.
+
+    With ``--config``, ``--class-name``, ``--add`` or any shared line option the export must be that
+    line (class, object word, backbone, run size, layers, resize, weights, normalities), or it is
+    refused with the differences named. Images are made square with the export's ``resize``.
+    Verdicts use ``--threshold``, else the config's threshold, else the one in the export's manifest.
+    """
+    from normadd.config import LineConfig, NormalitySetting
+    from normadd.export.runtime import ExportedLine, normality_differences, setting_differences
+    from normadd.images import collect_images, first_readable
+    from normadd.inspection import check_map_format
+
+    if batch_size < 1:
+        raise NormaddError("--batch-size must be at least 1")
+    check_map_format(save_maps)
+    paths = collect_images(images)
+    first_readable(paths)  # no readable input: say so before the export loads
+    with console.status(f"loading the export on {runtime_name}"):
+        model = ExportedLine(export, runtime_name)
+    manifest = model.manifest
+    config = LineConfig(
+        class_name=manifest.class_name,
+        backbone=manifest.backbone,
+        weights=manifest.weights,
+        projections=manifest.projections,
+        layers=manifest.layers,
+        object_name=manifest.object_name,
+        resize=manifest.resize,
+        threshold=manifest.threshold,
+        threshold_scale=manifest.threshold_scale,
+        normalities=[NormalitySetting(n.text, n.strength, n.name) for n in manifest.normalities],
+    )
+    given = {key: value for key, value in line_options.items() if value is not None}
+    if config_file is not None or class_name is not None or add or given:
+        if config_file is None:  # the export's line with the options given changed
+            given.setdefault("backbone", manifest.backbone)
+        config = opt.line_from_options(
+            config_file, class_name or (None if config_file else manifest.class_name), **given
+        )
+        config.normalities += [NormalitySetting.parse(spec) for spec in add]
+        active = [(n.name or n.text, n.text, n.strength) for n in config.normalities]
+        problems = setting_differences(manifest, config) + normality_differences(manifest.normalities, active)
+        if problems:
+            raise NormaddError(
+                f"export {export} is not this line ({'; '.join(problems)}): re-export it with 'normadd export' "
+                "and the same options"
+            )
+    policy = _decision_policy(config, threshold, paths)
+    if model.is_random:
+        say("[yellow]warning:[/]", model.description)
+    for normality in model.normalities.values():
+        say(
+            "",
+            f"normality '{normality.name}' (strength {normality.strength:g}, in the export): "
+            f"{', '.join(normality.phrases) or normality.text}",
+        )
+    _inspect_and_report(model, paths, out, batch_size, policy, model.resize, save_maps)
+
+
+def _decision_policy(config: LineConfig, threshold: str | None, paths: list[Path]) -> DecisionPolicy:
     """The line's decisions: the config's threshold (or ``--threshold``), limits and region masks.
 
     Region masks are checked against every image's aspect ratio before anything runs.
@@ -132,7 +226,7 @@ def _decision_policy(config: Any, threshold: str | None, paths: list[Path]) -> A
     return policy
 
 
-def _print_verdict_summary(report: Any, policy: Any) -> None:
+def _print_verdict_summary(report: InspectionReport, policy: DecisionPolicy | None) -> None:
     """One line of verdict counts, or why there are none."""
     if policy is None or not report.rows:
         return
@@ -194,6 +288,7 @@ def register(app: typer.Typer) -> None:
         ] = [],  # noqa: B006
         mask: Annotated[list[Path], typer.Option("--mask", help="Defect mask of each --add-example, in order.")] = [],  # noqa: B006
         detector: opt.Detector = None,
+        model: opt.Model = None,
         shots: opt.Shots = None,
         reference: opt.Reference = None,
         maps: opt.Maps = None,
@@ -201,6 +296,8 @@ def register(app: typer.Typer) -> None:
         detector_backbone: opt.DetectorBackbone = None,
         detector_weights: opt.DetectorWeights = None,
         coreset: opt.Coreset = None,
+        runtime: opt.Runtime = None,
+        export: opt.Export = None,
         save_maps: Annotated[
             str | None,
             typer.Option(help="Also write the raw float maps (before, suppression, after) as npy or tiff."),
@@ -210,26 +307,41 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Score images before and after adding normalities; write overlays, scores.csv and run.json."""
-        config = opt.line_from_options(
-            config_file,
-            class_name,
-            backbone=backbone,
-            weights=weights,
-            projections=projections,
-            layers=layers,
-            object_name=object_name,
-            image_size=image_size,
-            resize=resize,
-            image_score=image_score,
-            detector=detector,
-            shots=shots,
-            reference=reference,
-            maps=maps,
-            memory_bank=memory_bank,
-            detector_backbone=detector_backbone,
-            detector_weights=detector_weights,
-            coreset=coreset,
-        )
+        from normadd.detectors.inference_sessions import resolve_line_runtime
+
+        line_options: dict[str, Any] = {
+            "backbone": backbone,
+            "weights": weights,
+            "projections": projections,
+            "layers": layers,
+            "object_name": object_name,
+            "image_size": image_size,
+            "resize": resize,
+            "image_score": image_score,
+            "detector": detector,
+            "shots": shots,
+            "reference": reference,
+            "maps": maps,
+            "memory_bank": memory_bank,
+            "detector_backbone": detector_backbone,
+            "detector_weights": detector_weights,
+            "model": model,
+            "coreset": coreset,
+        }
+        runtime_name = resolve_line_runtime(runtime or "auto", export is not None)
+        if export is not None:
+            if add_example or mask or llm:
+                raise NormaddError(
+                    "--add-example, --mask and --llm change the line, an export's normalities are fixed: "
+                    "add them to the line, then export it again ('normadd export')"
+                )
+            quiet_libraries()
+            run_exported_inspection(
+                images, export, runtime_name, config_file, class_name, add, line_options, out, batch_size,
+                    threshold, save_maps,
+            )
+            return
+        config = opt.line_from_options(config_file, class_name, **line_options)
         run_inspection(
             images, config, add, out, batch_size, device, precision, llm, add_example, mask, save_maps, threshold
         )

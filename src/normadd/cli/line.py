@@ -68,6 +68,7 @@ def register(app: typer.Typer) -> None:
         detector_backbone: opt.DetectorBackbone = None,
         detector_weights: opt.DetectorWeights = None,
         coreset: opt.Coreset = None,
+        model: opt.Model = None,
         db: DbOption = DEFAULT_DATABASE,
         who: WhoOption = None,
         why: WhyOption = "",
@@ -95,6 +96,7 @@ def register(app: typer.Typer) -> None:
             detector_backbone=detector_backbone,
             detector_weights=detector_weights,
             coreset=coreset,
+            model=model,
         )
         admin_notice(db)
         with Registry(db) as registry:

@@ -67,7 +67,17 @@ ImageScore = Annotated[
     str | None,
     typer.Option(help="Image score: max (of the anomaly map, default) or clip (APRIL-GAN's pooled-embedding score)."),
 ]
-Detector = Annotated[str | None, typer.Option(help="aprilgan (default), winclip, patchcore, maps or anomalib.")]
+Detector = Annotated[
+    str | None,
+    typer.Option(help="aprilgan (default), winclip, patchcore, maps, anomalib, onnx or openvino (with --model)."),
+]
+Model = Annotated[
+    Path | None,
+    typer.Option(
+        "--model",
+        help="anomalib export for --detector onnx (model.onnx) or openvino (model.xml beside its .bin).",
+    ),
+]
 DetectorBackbone = Annotated[
     str | None,
     typer.Option(help="Detector's backbone (WinCLIP: ViT-B-16-plus-240; PatchCore: wide_resnet50_2)."),
@@ -85,6 +95,20 @@ MemoryBank = Annotated[
 Coreset = Annotated[
     str | None,
     typer.Option(help="PatchCore coreset when fitting: exact (default, anomalib's picks) or fast (128-d projection)."),
+]
+# How a command that runs a line runs it (inspect, serve): not line settings, so not in LINE_OPTION_FIELDS.
+Runtime = Annotated[
+    str | None,
+    typer.Option(
+        help="auto (default: torch; with --export OpenVINO, else onnxruntime), torch, onnx or openvino "
+        "(serve: default the config's service.runtime)."
+    ),
+]
+Export = Annotated[
+    Path | None,
+    typer.Option(
+        help="Folder written by 'normadd export': run that exported line (--runtime auto, onnx or openvino)."
+    ),
 ]
 Device = Annotated[str, typer.Option(help=f"{', '.join(DEVICES[:-1])} or {DEVICES[-1]}.")]
 Precision = Annotated[
@@ -111,6 +135,7 @@ LINE_OPTION_FIELDS = (
     "maps",
     "memory_bank",
     "coreset",
+    "model",
 )
 
 

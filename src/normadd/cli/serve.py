@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -21,8 +22,12 @@ def serve(
     port: int = 8000,
     log_level: str = "info",
     allow_broken_chain: bool = False,
+    runtime: str | None = None,
+    export: Path | None = None,
 ) -> None:
     """Load the line once and serve it until interrupted.
+
+    ``runtime`` and ``export`` override the config's ``service.runtime`` and ``service.export``.
 
     Raises:
         NormaddError: Bad config, no API key, or a model that cannot be loaded.
@@ -35,6 +40,12 @@ def serve(
     logging.getLogger("normadd").setLevel(logging.INFO)
     settings = config if isinstance(config, ServiceConfig) else ServiceConfig.from_yaml(config)
     settings.allow_broken_audit_chain = settings.allow_broken_audit_chain or allow_broken_chain
+    if runtime is not None or export is not None:
+        # A config without an export resolved its runtime to torch; a new --export starts from auto again.
+        keep = settings.runtime if settings.export is not None else "auto"
+        settings = dataclasses.replace(
+            settings, runtime=runtime or keep, export=export if export is not None else settings.export
+        )
     app = create_app(settings)
     uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False)
 
@@ -62,6 +73,7 @@ def register(app: typer.Typer) -> None:
         resize: opt.Resize = None,
         image_score: opt.ImageScore = None,
         detector: opt.Detector = None,
+        model: opt.Model = None,
         shots: opt.Shots = None,
         reference: opt.Reference = None,
         maps: opt.Maps = None,
@@ -69,6 +81,8 @@ def register(app: typer.Typer) -> None:
         detector_backbone: opt.DetectorBackbone = None,
         detector_weights: opt.DetectorWeights = None,
         coreset: opt.Coreset = None,
+        runtime: opt.Runtime = None,
+        export: opt.Export = None,
     ) -> None:
         """Serve inspections, normalities, the audit log and the web page over HTTP (needs the serve extra).
 
@@ -98,5 +112,6 @@ def register(app: typer.Typer) -> None:
             detector_backbone=detector_backbone,
             detector_weights=detector_weights,
             coreset=coreset,
+            model=model,
         )
-        serve(settings, host, port, log_level, allow_broken_audit_chain)
+        serve(settings, host, port, log_level, allow_broken_audit_chain, runtime, export)

@@ -234,9 +234,12 @@ class AnomalousRegions:
         image_h, image_w = image_size or self.shape
         self.scale = (image_h / self.shape[0], image_w / self.shape[1])
         self.labels, self.count = ndimage.label(anomaly > threshold, structure=_EIGHT_CONNECTED)
-        self.flat = self.labels.ravel()
-        self.pixels = np.bincount(self.flat, minlength=self.count + 1)[1:].astype(np.float64)
+        flat = self.labels.ravel()
+        self._inside = np.flatnonzero(flat)  # regions cover a small part of a map: count only there
+        self._inside_labels = flat[self._inside] - 1
+        self.pixels = np.bincount(self._inside_labels, minlength=self.count).astype(np.float64)
         self._lengths = np.full(self.count, np.nan)
+        self._boxes: np.ndarray | None = None
 
     def areas(self) -> np.ndarray:
         """(count,) areas in image pixels²."""
@@ -244,7 +247,26 @@ class AnomalousRegions:
 
     def means(self, values: np.ndarray) -> np.ndarray:
         """(count,) mean of a (h, w) map over each region."""
-        return np.bincount(self.flat, weights=values.ravel(), minlength=self.count + 1)[1:] / self.pixels
+        weights = values.ravel()[self._inside]
+        return np.bincount(self._inside_labels, weights=weights, minlength=self.count) / self.pixels
+
+    def within_length(self, wanted: np.ndarray, max_length: float) -> np.ndarray:
+        """(count,) True for ``wanted`` regions whose length is <= ``max_length`` (image pixels).
+
+        The bounding box bounds the length: its longer side (scaled) is a lower bound and its
+        diagonal an upper one, so the hull is measured only for regions between the two.
+        """
+        if self._boxes is None:
+            boxes = ndimage.find_objects(self.labels, self.count)
+            self._boxes = np.array([[b[0].stop - b[0].start, b[1].stop - b[1].start] for b in boxes], dtype=np.float64)
+            self._boxes = self._boxes.reshape(-1, 2) * np.array(self.scale)
+        longer = self._boxes.max(axis=1)
+        diagonal = np.sqrt((self._boxes**2).sum(axis=1))
+        undecided = wanted & (longer <= max_length) & (diagonal > max_length)
+        result = wanted & (diagonal <= max_length)
+        if undecided.any():
+            result |= undecided & (self.lengths(undecided) <= max_length)
+        return result
 
     def lengths(self, wanted: np.ndarray) -> np.ndarray:
         """(count,) lengths in image pixels; measured for ``wanted`` regions not measured yet."""
@@ -293,7 +315,7 @@ def acceptance_mask(
         accept &= regions.means(outside.astype(np.float32)) == 0
     if limits.max_length is not None and accept.any():
         max_length = limits.max_length.in_pixels(pixel_size_mm, False, "max_length")
-        accept &= regions.lengths(accept) <= max_length
+        accept &= regions.within_length(accept, max_length)
     lookup = np.r_[False, accept]
     return lookup[regions.labels]
 

@@ -65,7 +65,7 @@ def score_folder(
     Raises:
         DecisionError: The folder does not exist, holds no image, or no image could be read.
     """
-    paths = list(folder) if isinstance(folder, list | tuple) else folder_images(folder, option)  # type: ignore[arg-type]
+    paths = folder_images(folder, option) if isinstance(folder, str | Path) else [Path(p) for p in folder]
     detector = detector_only(addition)
     found = FolderScores()
     check_images = getattr(addition.detector, "check_images", None)

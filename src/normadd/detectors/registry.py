@@ -1,4 +1,4 @@
-"""Build the configured detector by name: APRIL-GAN, WinCLIP, PatchCore, saved maps or an anomalib model.
+"""Build the configured detector by name: APRIL-GAN, WinCLIP, PatchCore, saved maps, an anomalib model or export.
 
 The names are what ``--detector`` and a line config's ``detector:`` accept. APRIL-GAN is built by
 :func:`normadd.factory.build_addition` itself, since it shares its CLIP pass with the normality
@@ -19,7 +19,7 @@ from normadd.errors import NormaddError
 from normadd.progress import ProgressHook
 from normadd.runtime import Runtime
 
-DETECTORS = ("aprilgan", "winclip", "patchcore", "maps", "anomalib")
+DETECTORS = ("aprilgan", "winclip", "patchcore", "maps", "anomalib", "onnx", "openvino")
 PATCHCORE_BATCH = 16
 
 
@@ -37,6 +37,7 @@ class DetectorSettings(Protocol):
     maps: str | None
     memory_bank: str | None
     coreset: str
+    model: str | None
 
     @property
     def prompt_object(self) -> str:
@@ -146,4 +147,11 @@ def build_detector(
         if not settings.detector_weights:
             raise NormaddError("--detector anomalib needs --detector-weights (a .ckpt or exported .pt anomalib model)")
         return AnomalibDetector.from_checkpoint(settings.detector_weights, settings.detector_backbone)
+    if name in ("onnx", "openvino"):
+        from normadd.detectors.exported import ExportedAnomalibDetector
+
+        if not settings.model:
+            kind = "model.onnx" if name == "onnx" else "model.xml (with its .bin) or model.onnx"
+            raise NormaddError(f"--detector {name} needs --model PATH: the {kind} an anomalib export wrote")
+        return ExportedAnomalibDetector.from_file(settings.model, name)
     raise NormaddError("APRIL-GAN is built by normadd.factory.build_addition, not build_detector")

@@ -178,6 +178,11 @@ class LineModel:
         return self.addition.input_size
 
     @property
+    def description(self) -> str:
+        """The detector and its active normalities in one line."""
+        return self.addition.description
+
+    @property
     def is_random(self) -> bool:
         """True when the backbone has random weights (maps are not meaningful)."""
         return self.addition.normality_detector.encoder.is_random

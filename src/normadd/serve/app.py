@@ -43,7 +43,9 @@ from torch import Tensor
 from normadd.decisions.errors import DecisionError
 from normadd.decisions.policy import image_size
 from normadd.decisions.scale import score_scale, stale_reason
-from normadd.errors import ImageLoadError, InvalidTextError, NormaddError, printable
+from normadd.errors import ExportedModelError, ImageLoadError, InvalidTextError, NormaddError, printable
+from normadd.export.line_model import ExportedLineModel, ExportMismatchError, check_export
+from normadd.export.manifest import LineManifest
 from normadd.images import DEFAULT_RESIZE, load_image_bytes
 from normadd.normality.addition import AdditionResult
 from normadd.registry import approvals
@@ -87,6 +89,8 @@ STATUS_OF: list[tuple[type[Exception], int, str]] = [
     (RegistryError, 409, "conflict"),
     (DuplicateNormalityError, 409, "duplicate_normality"),
     (LineExistsError, 409, "line_exists"),
+    (ExportMismatchError, 409, "export_mismatch"),
+    (ExportedModelError, 422, "bad_export"),
     (ImageLoadError, 422, "bad_image"),
     (InvalidTextError, 422, "bad_text"),
     (DecisionError, 422, "bad_decision_input"),
@@ -155,7 +159,7 @@ async def _send_json(send: Send, status: int, body: dict[str, str]) -> None:
 class ServedLine:
     """A loaded line: its model and the batcher its inspections go through."""
 
-    model: LineModel
+    model: LineModel | ExportedLineModel
     batcher: MicroBatcher
 
 
@@ -244,10 +248,38 @@ class Service:
             return self.lines[name]
         async with self._loading:
             if name not in self.lines:
-                self.serve(await asyncio.to_thread(LineModel.load, self.registry, name, self.runtime))
+                self.serve(await asyncio.to_thread(self._load, name))
         return self.lines[name]
 
-    def serve(self, model: LineModel) -> ServedLine:
+    def _load(self, name: str) -> LineModel | ExportedLineModel:
+        """The configured line from its export when one is given; every other line on torch."""
+        if name == self.settings.line and self.settings.export is not None:
+            return ExportedLineModel.load(self.registry, name, self.settings.export, self.settings.runtime)
+        return LineModel.load(self.registry, name, self.runtime)
+
+    def check_export(self) -> None:
+        """Refuse, before serving, an export that is not the configured line with its active normalities.
+
+        The registry's line when it exists, else the config that will create it.
+
+        Raises:
+            ExportedModelError: The export cannot be read or another normadd version wrote it.
+            ExportMismatchError: It differs from the line (the differences are named).
+        """
+        folder = self.settings.export
+        if folder is None:
+            return
+        manifest = LineManifest.read(folder)
+        manifest.check_version(str(folder / "manifest.json"))
+        try:
+            line = self.registry.line(self.settings.line)
+            active = [(n.name, n.text, n.strength) for n in self.registry.normalities(line.name)]
+        except LineNotFoundError:
+            line = line_record(self.settings.line, self.settings.line_config)
+            active = [(n.name or n.text, n.text, n.strength) for n in self.settings.line_config.normalities]
+        check_export(manifest, folder, line, active)
+
+    def serve(self, model: LineModel | ExportedLineModel) -> ServedLine:
         """Start serving a loaded line: its inspections go through a new batcher."""
         retains = RetentionStore.for_line(self.registry, model.line.name).settings is not None
         batcher = MicroBatcher(
@@ -309,7 +341,12 @@ def _preview_out(report: PreviewReport) -> schemas.PreviewOut:
 
 
 def _retain(
-    registry: Registry, model: LineModel, line: str, contents: list[bytes], names: list[str], result: AdditionResult
+    registry: Registry,
+    model: LineModel | ExportedLineModel,
+    line: str,
+    contents: list[bytes],
+    names: list[str],
+    result: AdditionResult,
 ) -> None:
     """Keep the inspected images (and what a new text needs from them) when the line retains any."""
     store = RetentionStore.for_line(registry, line)
@@ -354,11 +391,16 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
     if not isinstance(settings, ServiceConfig):
         settings = ServiceConfig.from_yaml(settings)
     service = Service(settings)
+    try:
+        service.check_export()
+    except NormaddError:
+        service.registry.close()
+        raise
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         created = await asyncio.to_thread(service.ensure_configured_line)
-        if created is not None:
+        if created is not None and settings.export is None:  # an export-served line loads its export below
             service.serve(created)
         await service.line(settings.line)  # loads the model now, not on the first request
         yield
@@ -520,7 +562,7 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
         )
         return schemas.InspectionOut(
             line=line,
-            model=served.model.addition.description,
+            model=served.model.description,
             random_weights=served.model.is_random,
             normalities=active,
             results=[
@@ -654,6 +696,11 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
     async def preview_normality(line: str, body: schemas.PreviewIn, who: Caller) -> schemas.PreviewOut:
         """Which of the last N retained parts the candidate would let through (stores nothing but one audit row)."""
         served = await service.line(line)
+        if isinstance(served.model, ExportedLineModel):
+            raise ExportMismatchError(
+                f"line '{line}' is served from the export {served.model.exported.folder}, which keeps no image "
+                "features to preview on: preview with a service that runs the line on torch (no --export)"
+            )
         limits = {"max_area": body.max_area, "max_length": body.max_length}
         report = await run(
             functools.partial(

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from normadd.config import LineConfig, read_yaml_mapping
+from normadd.detectors.inference_sessions import resolve_line_runtime
 from normadd.errors import NormaddError
 from normadd.registry.store import DEFAULT_DATABASE
 from normadd.serve.authority import ApiKey
@@ -50,6 +51,9 @@ class ServiceConfig:
         device: ``auto``, ``cpu`` or ``cuda``.
         allow_broken_audit_chain: Start even when the audit log's hash chain is broken (the
             finding is audited); by default the service refuses to start.
+        runtime: ``torch`` runs the line itself; ``onnx`` or ``openvino`` run ``export`` instead;
+            ``auto`` is torch without an export, OpenVINO with one (see :func:`resolve_line_runtime`).
+        export: Folder written by ``normadd export`` for this line (needed by the onnx/openvino runtimes).
     """
 
     line: str
@@ -63,6 +67,8 @@ class ServiceConfig:
     batch_wait_ms: float = 5.0
     device: str = "auto"
     allow_broken_audit_chain: bool = False
+    runtime: str = "auto"
+    export: Path | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_upload_bytes", "max_images_per_request", "max_image_pixels", "batch_max_images"):
@@ -71,6 +77,8 @@ class ServiceConfig:
         if self.batch_wait_ms < 0:
             raise NormaddError(f"service.batch_wait_ms must be >= 0, got {self.batch_wait_ms}")
         self.database = Path(self.database)
+        self.export = Path(self.export) if self.export is not None else None
+        self.runtime = resolve_line_runtime(self.runtime, self.export is not None)
         merged = {**self.api_keys, **api_keys_from_env()}
         self.api_keys = {name: ApiKey.from_setting(name, setting) for name, setting in merged.items()}
 
@@ -98,6 +106,9 @@ class ServiceConfig:
         if database is not None:  # relative to the config file, so the service finds it from any folder
             database = Path(database) if Path(database).is_absolute() else path.parent / database
         service.setdefault("line", line_config.class_name)
+        export = service.get("export")
+        if export is not None and not Path(export).is_absolute():  # relative to the config file, like database
+            service["export"] = path.parent / export
         return cls(line_config=line_config, database=database or DEFAULT_DATABASE, **service)
 
 
