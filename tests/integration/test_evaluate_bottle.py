@@ -8,6 +8,7 @@ at once and bad input are covered on small synthetic data in tests/unit/test_eva
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from typer.testing import CliRunner
 
 from normadd.backbone.clip_encoder import ClipEncoder
 from normadd.cli import app
+from normadd.decisions import quantile_threshold
 from normadd.detectors.aprilgan import AprilGanDetector
 
 MVTEC = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mvtec_ad"
@@ -86,9 +88,49 @@ def test_both_bottle_groups_are_scored_with_the_papers_numbers_beside_them(first
     assert summary[-1]["paper_before"] == "56.65"  # the paper's bottle figure: (23.5 + 89.8) / 2
 
 
+TRAIN_GOOD = 209  # bottle/train/good: scored once for the decisions' threshold
+
+
 def test_the_first_run_passes_each_test_image_once(first_run: Run) -> None:
-    assert first_run.image_passes == 83
-    assert "83 images: 83 detector passes, 83 CLIP passes, 2 group texts" in first_run.output.replace("\n", " ")
+    assert first_run.image_passes == 83 + TRAIN_GOOD
+    output = " ".join(first_run.output.split())  # the console wraps long lines
+    passes = "292 detector passes, 292 CLIP passes, 2 group texts"
+    assert f"83 images (+209 train/good for the thresholds): {passes}" in output
+
+
+def test_decisions_count_every_test_image_of_each_group_at_a_threshold_from_train_good(
+    first_run: Run, cache: Path
+) -> None:
+    rows = _rows(first_run.out / "decisions.csv")
+    assert [(r["class"], r["added_group"]) for r in rows] == [("bottle", "broken"), ("bottle", "contamination")]
+    test = MVTEC / "bottle" / "test"
+    sizes = {kind.name: len(list(kind.glob("*.png"))) for kind in test.iterdir()}
+    groups = {"broken": ("broken_large", "broken_small"), "contamination": ("contamination",)}
+    for row in rows:
+        in_group = sum(sizes[t] for t in groups[row["added_group"]])
+        assert int(row["good_images"]) == sizes["good"]
+        assert int(row["group_images"]) == in_group
+        assert int(row["other_images"]) == sum(sizes.values()) - sizes["good"] - in_group
+        assert int(row["train_good_images"]) == TRAIN_GOOD and row["false_reject_target"] == "0.01"
+        for kind in ("good_rejected", "group_accepted", "other_accepted"):
+            total = int(row[kind.split("_")[0] + "_images"])
+            assert 0 <= int(row[f"{kind}_before"]) <= total and 0 <= int(row[f"{kind}_after"]) <= total
+        # the threshold is the quantile rule on the cached train/good scores: at most 1 % of them above it
+        (scores_file,) = (cache / "calibration-scores").glob("*.json")
+        good_scores = list(json.loads(scores_file.read_text()).values())
+        assert len(good_scores) == TRAIN_GOOD
+        assert float(row["threshold"]) == quantile_threshold(good_scores, 0.01)
+        assert sum(score > float(row["threshold"]) for score in good_scores) <= 0.01 * TRAIN_GOOD
+        # a normality only lowers scores: fewer rejects, more accepts
+        assert int(row["group_accepted_after"]) >= int(row["group_accepted_before"])
+        assert int(row["other_accepted_after"]) >= int(row["other_accepted_before"])
+        assert int(row["good_rejected_after"]) <= int(row["good_rejected_before"])
+    assert rows[0]["threshold"] == rows[1]["threshold"], "one threshold per class"
+    assert "bottle +broken at threshold" in first_run.output
+    markdown = (first_run.out / "report.md").read_text()
+    assert "### Decisions: what the line would accept" in markdown
+    assert "![Decisions, bottle](figures/decisions_bottle.png)" in markdown
+    assert (first_run.out / "figures" / "decisions_bottle.png").stat().st_size > 1000
 
 
 def test_selectivity_and_pixel_metrics_are_reported(first_run: Run) -> None:
@@ -108,7 +150,7 @@ def test_selectivity_and_pixel_metrics_are_reported(first_run: Run) -> None:
 def test_the_reports_hold_the_tables_and_embedded_figures(first_run: Run) -> None:
     page = (first_run.out / "report.html").read_text()
     assert "<table>" in page and "contamination" in page and "61.4" in page
-    assert page.count("src='data:image/png;base64,") == 2  # ROC curves and the example grid
+    assert page.count("src='data:image/png;base64,") == 3  # ROC curves, the example grid and the decisions
     assert "http://" not in page and "https://" not in page  # opens offline
     assert "RANDOM weights" in page
     markdown = (first_run.out / "report.md").read_text()

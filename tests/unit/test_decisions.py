@@ -349,3 +349,34 @@ def test_a_policy_without_threshold_is_undecided_and_with_one_decides() -> None:
     decided = DecisionPolicy.from_config(config).apply(_result([0.2, 0.9]), [])
     assert [d.verdict_before for d in decided.decisions] == [OK, NG]
     assert math.isclose(decided.decisions[0].threshold or 0, 0.5)
+
+
+# --- what a quality department counts -----------------------------------------------------
+
+
+def test_counts_split_every_part_into_good_group_and_other_defects() -> None:
+    from normadd.decisions.counts import group_decision_counts
+
+    types = ["good", "good", "scratch", "scratch", "scratch", "dent", "dent"]
+    before = [0.1, 0.9, 0.9, 0.8, 0.2, 0.9, 0.7]
+    after = [0.1, 0.6, 0.1, 0.3, 0.2, 0.9, 0.4]
+    counts = group_decision_counts(types, {"scratch"}, before, after, threshold=0.5)
+    assert (counts.good_images, counts.group_images, counts.other_images) == (2, 3, 2)
+    assert (counts.good_rejected_before, counts.good_rejected_after) == (1, 1)
+    assert (counts.group_accepted_before, counts.group_accepted_after) == (1, 3)  # the recovered yield
+    assert (counts.other_accepted_before, counts.other_accepted_after) == (0, 1)  # one dent escapes
+
+
+def test_the_bounding_box_shortcut_gives_the_same_length_decisions_as_measuring_every_region() -> None:
+    from scipy import ndimage
+
+    from normadd.decisions.limits import AnomalousRegions
+
+    rng = np.random.default_rng(7)
+    before = ndimage.gaussian_filter(rng.random((96, 96)), 2).astype(np.float32)
+    regions = AnomalousRegions(before, float(np.quantile(before, 0.9)), image_size=(300, 200))
+    everything = np.ones(regions.count, dtype=bool)
+    assert regions.count > 5
+    for max_length in (3.0, 10.0, 25.0, 60.0):
+        measured = regions.lengths(everything) <= max_length
+        assert np.array_equal(regions.within_length(everything, max_length), measured)

@@ -95,3 +95,19 @@ def test_a_version_1_database_is_migrated_and_keeps_its_lines(tmp_path: Path) ->
         assert store.threshold("old") is None
         store.set_threshold("old", ThresholdRecord(0.3), "bob")
         assert store.threshold("old").value == 0.3  # type: ignore[union-attr]
+
+
+def test_a_line_created_from_a_config_with_a_threshold_stores_it_for_that_detector(tmp_path: Path) -> None:
+    from normadd.config import LineConfig
+    from normadd.decisions.scale import score_scale
+    from normadd.registry.line_model import create_line, line_record
+
+    config = LineConfig(class_name="bottle", backbone="tiny-random", threshold=0.7, pixel_size_mm=0.05)
+    with Registry(tmp_path / "r.db") as store:
+        create_line(store, "from-yaml", config, "alice")
+        stored = store.threshold("from-yaml")
+        assert stored is not None and (stored.value, stored.method) == (0.7, "config")
+        assert stored.scale == score_scale(config)  # a bare YAML threshold is meant for the config it is in
+        assert "threshold" not in store.line("from-yaml").settings  # kept in its own table
+        assert store.line("from-yaml").settings["pixel_size_mm"] == 0.05
+        assert line_record("from-yaml", config).settings == {"pixel_size_mm": 0.05, "shots": 0}

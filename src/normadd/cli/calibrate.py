@@ -58,7 +58,7 @@ def register(app: typer.Typer) -> None:
         """Calibrate a line's threshold at a target false-reject rate on defect-free images."""
         from normadd.decisions import calibrate_f1, calibrate_false_reject, check_false_reject
         from normadd.decisions.scale import score_scale
-        from normadd.decisions.scoring import score_folder
+        from normadd.decisions.scoring import folder_images, score_folder
         from normadd.runtime import resolve_runtime
 
         if (line is None) == (config_file is None):
@@ -70,6 +70,8 @@ def register(app: typer.Typer) -> None:
             raise NormaddError("--f1 needs --defects DIR (labelled defective images)")
         if batch_size < 1:
             raise NormaddError("--batch-size must be at least 1")
+        options = [("--good", good)] + ([("--defects", defects)] if defects is not None else [])
+        images = {option: folder_images(folder, option) for option, folder in options}  # before the model loads
         quiet_libraries()
         runtime = resolve_runtime(device)
         registry = None
@@ -93,13 +95,12 @@ def register(app: typer.Typer) -> None:
         try:
             if addition.normality_detector.encoder.is_random:
                 console.print(f"[yellow]warning:[/] {addition.normality_detector.encoder.description}", highlight=False)
-            folders = [("--good", good)] + ([("--defects", defects)] if defects is not None else [])
             found = {}
             with progress_bar() as progress:
-                for option, folder in folders:
-                    task = progress.add_task(f"scoring {option}", total=None)
+                for option, paths in images.items():
+                    task = progress.add_task(f"scoring {option}", total=len(paths))
                     advance = functools.partial(progress.advance, task)
-                    found[option] = score_folder(addition, folder, option, batch_size, advance)
+                    found[option] = score_folder(addition, paths, option, batch_size, advance)
             for scores in found.values():
                 for failure in scores.failures:
                     console.print(f"[red]skipped:[/] {failure.reason}", highlight=False, soft_wrap=True)
@@ -124,8 +125,8 @@ def register(app: typer.Typer) -> None:
                 "defect_images": calibration.defect_count,
                 "defects_accepted": calibration.defects_accepted,
                 "f1": calibration.f1,
-                "good": str(good),
-                "defects": str(defects) if defects is not None else None,
+                "good": str(good.resolve()),
+                "defects": str(defects.resolve()) if defects is not None else None,
             }
             if registry is not None and line is not None:
                 from normadd.registry.store import ThresholdRecord

@@ -92,13 +92,18 @@ def register(app: typer.Typer) -> None:
         device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
         precision: Annotated[str, typer.Option(help="auto, fp32 or bf16 (autocast on CUDA).")] = "auto",
         no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the feature cache.")] = False,
+        false_reject: Annotated[
+            str, typer.Option("--false-reject", help="Decisions: threshold per class at this rate on train/good.")
+        ] = "0.01",
     ) -> None:
         """Evaluate added normalities with the paper's protocol; write CSVs, report.md and report.html."""
         from normadd.config import config_from_options
+        from normadd.decisions.thresholds import check_false_reject
         from normadd.evaluation.report import write_report
         from normadd.evaluation.runner import EvaluationSettings, evaluate
         from normadd.runtime import resolve_runtime
 
+        rate = check_false_reject(false_reject)
         quiet_libraries()
         # The class name is a placeholder: each evaluated class gets its own.
         placeholder = None if config_file is not None else "evaluation"
@@ -117,6 +122,7 @@ def register(app: typer.Typer) -> None:
             batch_size=batch_size,
             use_cache=not no_cache,
             runtime=runtime,
+            false_reject=rate,
         )
         with progress_bar() as progress:
             result = evaluate(
@@ -133,8 +139,22 @@ def register(app: typer.Typer) -> None:
             stdout = Console(width=120)  # a pipe or file gets the whole table, not an 80-column squeeze
         stdout.print(results_console_table(result))
         cost = result.cost
+        for evaluation in result.classes:
+            for d in evaluation.decisions:
+                stdout.print(
+                    f"{d.class_name} +{d.added_group} at threshold {d.threshold:.4g}: "
+                    f"{d.added_group} accepted {d.group_accepted_before}/{d.group_images} -> "
+                    f"{d.group_accepted_after}/{d.group_images}; other defects accepted "
+                    f"{d.other_accepted_before}/{d.other_images} -> {d.other_accepted_after}/{d.other_images}; "
+                    f"good rejected {d.good_rejected_before}/{d.good_images} -> "
+                    f"{d.good_rejected_after}/{d.good_images}",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+        calibration = f" (+{cost.calibration_images} train/good for the thresholds)" if cost.calibration_images else ""
         console.print(
-            f"{cost.images} images: {cost.detector_passes} detector passes, {cost.clip_passes} CLIP passes, "
+            f"{cost.images} images{calibration}: {cost.detector_passes} detector passes, "
+            f"{cost.clip_passes} CLIP passes, "
             f"{cost.group_texts} group texts, cache {cost.cache_hits} hits / {cost.cache_misses} misses, "
             f"{cost.seconds:.1f} s",
             highlight=False,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -11,6 +11,11 @@ from rich.table import Table
 
 from normadd.cli.common import console, friendly_errors, progress_bar, quiet_libraries
 from normadd.errors import NormaddError
+
+if TYPE_CHECKING:  # the CLI imports torch-heavy modules only when a command runs
+    from normadd.config import LineConfig
+    from normadd.decisions.policy import DecisionPolicy
+    from normadd.inspection import InspectionReport
 
 
 def run_inspection(
@@ -109,7 +114,7 @@ def run_inspection(
         raise typer.Exit(2)
 
 
-def _decision_policy(config: Any, threshold: str | None, paths: list[Path]) -> Any:
+def _decision_policy(config: LineConfig, threshold: str | None, paths: list[Path]) -> DecisionPolicy:
     """The line's decisions: the config's threshold (or ``--threshold``), limits and region masks.
 
     Region masks are checked against every image's aspect ratio before anything runs.
@@ -131,7 +136,7 @@ def _decision_policy(config: Any, threshold: str | None, paths: list[Path]) -> A
     return policy
 
 
-def _print_verdict_summary(report: Any, policy: Any) -> None:
+def _print_verdict_summary(report: InspectionReport, policy: DecisionPolicy | None) -> None:
     """One line of verdict counts, or why there are none."""
     if policy is None or not report.rows:
         return

@@ -19,6 +19,7 @@ returned unchanged, so the result is exactly ``A ⊙ Π_k (1 − s_k A_sup_k)``.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Sequence
@@ -181,22 +182,28 @@ def _resize_region(region: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return resized.numpy() > 0.5
 
 
-def region_lengths(labels: np.ndarray, count: int, scale: tuple[float, float]) -> np.ndarray:
+def region_lengths(
+    labels: np.ndarray, count: int, scale: tuple[float, float], wanted: np.ndarray | None = None
+) -> np.ndarray:
     """Maximum Feret diameter of each labelled region's pixel squares, scaled by (sy, sx).
 
     The convex hull of a union of pixel squares is that of the outer corners of each row's
     leftmost and rightmost pixels, so only those corners enter the hull.
+
+    Args:
+        labels: (h, w) labels 1..count (0: background).
+        count: Number of regions.
+        scale: Image pixels per map pixel, (rows, columns).
+        wanted: (count,) bool: measure only these regions (the others get 0); all when None.
     """
     lengths = np.zeros(count, dtype=np.float64)
     sy, sx = scale
-    for index, box in enumerate(ndimage.find_objects(labels)):
-        if box is None:
+    for index, box in enumerate(ndimage.find_objects(labels, count)):
+        if box is None or (wanted is not None and not wanted[index]):
             continue
-        rows, cols = np.nonzero(labels[box] == index + 1)
+        rows, cols = np.nonzero(labels[box] == index + 1)  # row-major: sorted by row, then column
         rows = rows + box[0].start
         cols = cols + box[1].start
-        order = np.lexsort((cols, rows))
-        rows, cols = rows[order], cols[order]
         starts = np.r_[0, np.nonzero(np.diff(rows))[0] + 1]
         ends = np.r_[starts[1:] - 1, rows.size - 1]
         row, left, right = rows[starts], cols[starts], cols[ends] + 1
@@ -214,6 +221,62 @@ def region_lengths(labels: np.ndarray, count: int, scale: tuple[float, float]) -
     return lengths
 
 
+class AnomalousRegions:
+    """The anomalous regions of one map (8-connected ``before > threshold``), measured once.
+
+    Every limited normality of an image reads the same regions; their lengths are measured the
+    first time a normality needs them.
+    """
+
+    def __init__(self, before: Tensor | np.ndarray, threshold: float, image_size: tuple[int, int] | None = None):
+        anomaly = np.asarray(before, dtype=np.float32)
+        self.shape: tuple[int, int] = (int(anomaly.shape[0]), int(anomaly.shape[1]))
+        image_h, image_w = image_size or self.shape
+        self.scale = (image_h / self.shape[0], image_w / self.shape[1])
+        self.labels, self.count = ndimage.label(anomaly > threshold, structure=_EIGHT_CONNECTED)
+        flat = self.labels.ravel()
+        self._inside = np.flatnonzero(flat)  # regions cover a small part of a map: count only there
+        self._inside_labels = flat[self._inside] - 1
+        self.pixels = np.bincount(self._inside_labels, minlength=self.count).astype(np.float64)
+        self._lengths = np.full(self.count, np.nan)
+        self._boxes: np.ndarray | None = None
+
+    def areas(self) -> np.ndarray:
+        """(count,) areas in image pixels²."""
+        return self.pixels * self.scale[0] * self.scale[1]
+
+    def means(self, values: np.ndarray) -> np.ndarray:
+        """(count,) mean of a (h, w) map over each region."""
+        weights = values.ravel()[self._inside]
+        return np.bincount(self._inside_labels, weights=weights, minlength=self.count) / self.pixels
+
+    def within_length(self, wanted: np.ndarray, max_length: float) -> np.ndarray:
+        """(count,) True for ``wanted`` regions whose length is <= ``max_length`` (image pixels).
+
+        The bounding box bounds the length: its longer side (scaled) is a lower bound and its
+        diagonal an upper one, so the hull is measured only for regions between the two.
+        """
+        if self._boxes is None:
+            boxes = ndimage.find_objects(self.labels, self.count)
+            self._boxes = np.array([[b[0].stop - b[0].start, b[1].stop - b[1].start] for b in boxes], dtype=np.float64)
+            self._boxes = self._boxes.reshape(-1, 2) * np.array(self.scale)
+        longer = self._boxes.max(axis=1)
+        diagonal = np.sqrt((self._boxes**2).sum(axis=1))
+        undecided = wanted & (longer <= max_length) & (diagonal > max_length)
+        result = wanted & (diagonal <= max_length)
+        if undecided.any():
+            result |= undecided & (self.lengths(undecided) <= max_length)
+        return result
+
+    def lengths(self, wanted: np.ndarray) -> np.ndarray:
+        """(count,) lengths in image pixels; measured for ``wanted`` regions not measured yet."""
+        missing = wanted & np.isnan(self._lengths)
+        if missing.any():
+            measured = region_lengths(self.labels, self.count, self.scale, missing)
+            self._lengths[missing] = measured[missing]
+        return np.where(wanted, self._lengths, np.inf)
+
+
 def acceptance_mask(
     before: Tensor | np.ndarray,
     suppression: Tensor | np.ndarray,
@@ -222,6 +285,7 @@ def acceptance_mask(
     image_size: tuple[int, int] | None = None,
     pixel_size_mm: float | None = None,
     cover: float = COVER_DEFAULT,
+    regions: AnomalousRegions | None = None,
 ) -> np.ndarray:
     """Where one normality may act on one image: a (h, w) bool mask (see the module docstring).
 
@@ -233,34 +297,27 @@ def acceptance_mask(
         image_size: (height, width) of the input image; the map's own size when None.
         pixel_size_mm: mm per image pixel, for limits in mm.
         cover: Mean suppression over a region for the normality to cover it.
+        regions: The image's regions when already found (for ``before``, ``threshold`` and
+            ``image_size``), shared by the normalities of one image.
 
     Raises:
         DecisionError: A limit in mm without ``pixel_size_mm``.
     """
-    anomaly = np.asarray(before, dtype=np.float32)
-    normal = np.asarray(suppression, dtype=np.float32)
-    height, width = anomaly.shape
-    image_h, image_w = image_size or (height, width)
-    scale = (image_h / height, image_w / width)
-    labels, count = ndimage.label(anomaly > threshold, structure=_EIGHT_CONNECTED)
-    if count == 0:
-        return np.zeros_like(anomaly, dtype=bool)
-    flat = labels.ravel()
-    pixels = np.bincount(flat, minlength=count + 1)[1:].astype(np.float64)
-    accept = np.bincount(flat, weights=normal.ravel(), minlength=count + 1)[1:] / pixels >= cover
+    if regions is None:
+        regions = AnomalousRegions(before, threshold, image_size)
+    if regions.count == 0:
+        return np.zeros(regions.shape, dtype=bool)
+    accept = regions.means(np.asarray(suppression, dtype=np.float32)) >= cover
     if limits.max_area is not None:
-        max_area = limits.max_area.in_pixels(pixel_size_mm, True, "max_area")
-        accept &= pixels * scale[0] * scale[1] <= max_area
+        accept &= regions.areas() <= limits.max_area.in_pixels(pixel_size_mm, True, "max_area")
     if limits.region is not None:
-        outside = ~_resize_region(limits.region, (height, width))
-        accept &= np.bincount(flat, weights=outside.ravel(), minlength=count + 1)[1:] == 0
+        outside = ~_resize_region(limits.region, regions.shape)
+        accept &= regions.means(outside.astype(np.float32)) == 0
     if limits.max_length is not None and accept.any():
         max_length = limits.max_length.in_pixels(pixel_size_mm, False, "max_length")
-        candidates = np.where(accept, np.arange(1, count + 1), 0)
-        kept = np.where(np.isin(labels, candidates[candidates > 0]), labels, 0)
-        accept &= region_lengths(kept, count, scale) <= max_length
+        accept &= regions.within_length(accept, max_length)
     lookup = np.r_[False, accept]
-    return lookup[labels]
+    return lookup[regions.labels]
 
 
 def limited_suppression(
@@ -287,30 +344,40 @@ def limited_suppression(
         raise ValueError(f"{len(limits)} limits for {suppression.shape[1]} normalities")
     if not any(item is not None and item.active for item in limits):
         return suppression
-    limited = suppression.clone()
+    # numpy throughout: small per-image steps, no torch dispatch or thread pool per map
     before_np = before.detach().float().cpu().numpy()
-    suppression_np = suppression.detach().float().cpu().numpy()
-    for b in range(suppression.shape[0]):
+    limited = suppression.detach().float().cpu().numpy().copy()
+    for b in range(limited.shape[0]):
         size = image_sizes[b] if image_sizes is not None else None
+        regions = AnomalousRegions(before_np[b], threshold, size)  # found once, read by every normality
         for k, item in enumerate(limits):
             if item is None or not item.active:
                 continue
-            mask = acceptance_mask(before_np[b], suppression_np[b, k], threshold, item, size, pixel_size_mm, cover)
-            limited[b, k] = suppression[b, k] * torch.from_numpy(mask).to(suppression)
-    return limited
+            mask = acceptance_mask(before_np[b], limited[b, k], threshold, item, size, pixel_size_mm, cover, regions)
+            limited[b, k] *= mask
+    return torch.from_numpy(limited).to(suppression)
 
 
 def load_region(path: str | Path) -> np.ndarray:
-    """A region mask from an image file: True where the pixel is not black (any channel > 127).
+    """A region mask from an image file: True where the pixel is bright (grey level > 127).
+
+    Read once per file version (path, size, modification time): a service checks it per request.
 
     Raises:
         DecisionError: Missing or unreadable file, or a mask with no pixel inside.
     """
-    from PIL import Image, UnidentifiedImageError
-
     path = Path(path)
     if not path.is_file():
         raise DecisionError(f"region mask {path} does not exist: fix the normality's 'region' path")
+    stat = path.stat()
+    return _read_region(str(path), stat.st_size, stat.st_mtime_ns).copy()
+
+
+@functools.lru_cache(maxsize=64)
+def _read_region(name: str, size: int, mtime_ns: int) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(name)
     try:
         with Image.open(path) as image:
             array = np.asarray(image.convert("L"))

@@ -31,18 +31,30 @@ def detector_only(addition: NormalityAddition) -> NormalityAddition:
     return NormalityAddition(addition.detector, normality_detector=addition.normality_detector)
 
 
+def folder_images(folder: str | Path, option: str) -> list[Path]:
+    """The images of a folder (recursively, sorted), checked before any model loads.
+
+    Raises:
+        DecisionError: The folder does not exist or holds no image.
+    """
+    try:
+        return collect_images([folder])
+    except ImageLoadError as error:
+        raise DecisionError(f"{option} {folder}: {error}") from None
+
+
 def score_folder(
     addition: NormalityAddition,
-    folder: str | Path,
+    folder: str | Path | Sequence[Path],
     option: str,
     batch_size: int = 8,
     on_progress: Callable[[int], None] | None = None,
 ) -> FolderScores:
-    """"Before" scores of every image in ``folder`` (recursively).
+    """"Before" scores of every image in ``folder`` (recursively), or of a list of image files.
 
     Args:
         addition: The line's detector (its normalities are ignored).
-        folder: A folder of images (or one image).
+        folder: A folder of images, one image, or the list :func:`folder_images` gave.
         option: The option that named it, for messages (``--good``).
         batch_size: Images per forward pass.
         on_progress: Called with the number of images handled after each batch.
@@ -50,10 +62,7 @@ def score_folder(
     Raises:
         DecisionError: The folder does not exist, holds no image, or no image could be read.
     """
-    try:
-        paths = collect_images([folder])
-    except ImageLoadError as error:
-        raise DecisionError(f"{option} {folder}: {error}") from None
+    paths = folder_images(folder, option) if isinstance(folder, str | Path) else [Path(p) for p in folder]
     detector = detector_only(addition)
     found = FolderScores()
     check_images = getattr(addition.detector, "check_images", None)
@@ -73,5 +82,6 @@ def score_folder(
         if on_progress is not None:
             on_progress(len(chunk))
     if not found.scores:
-        raise DecisionError(f"{option} {folder}: no readable image ({len(found.failures)} could not be read)")
+        where = f"{option} {folder}" if isinstance(folder, str | Path) else option
+        raise DecisionError(f"{where}: no readable image ({len(found.failures)} could not be read)")
     return found

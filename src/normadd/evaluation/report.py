@@ -202,11 +202,128 @@ def several_table(result: EvaluationResult) -> Table:
     )
 
 
+DECISION_COLUMNS = (
+    "class",
+    "added_group",
+    "threshold",
+    "false_reject_target",
+    "train_good_images",
+    "good_images",
+    "good_rejected_before",
+    "good_rejected_after",
+    "group_images",
+    "group_accepted_before",
+    "group_accepted_after",
+    "other_images",
+    "other_accepted_before",
+    "other_accepted_after",
+    "good_rejected_before_pct",
+    "good_rejected_after_pct",
+    "group_accepted_before_pct",
+    "group_accepted_after_pct",
+    "other_accepted_before_pct",
+    "other_accepted_after_pct",
+)
+
+
+def _pct(count: int, total: int) -> float | None:
+    return 100.0 * count / total if total else None
+
+
+def decisions_table(result: EvaluationResult) -> Table:
+    """``decisions.csv``: per class and added group, verdict counts before and after at the class threshold."""
+    rows: list[list[Cell]] = []
+    for evaluation in result.classes:
+        for d in evaluation.decisions:
+            rows.append(
+                [
+                    d.class_name,
+                    d.added_group,
+                    repr(d.threshold),  # full precision: a threshold rounded to 2 decimals decides otherwise
+                    repr(d.false_reject),
+                    d.train_good_images,
+                    d.good_images,
+                    d.good_rejected_before,
+                    d.good_rejected_after,
+                    d.group_images,
+                    d.group_accepted_before,
+                    d.group_accepted_after,
+                    d.other_images,
+                    d.other_accepted_before,
+                    d.other_accepted_after,
+                    _pct(d.good_rejected_before, d.good_images),
+                    _pct(d.good_rejected_after, d.good_images),
+                    _pct(d.group_accepted_before, d.group_images),
+                    _pct(d.group_accepted_after, d.group_images),
+                    _pct(d.other_accepted_before, d.other_images),
+                    _pct(d.other_accepted_after, d.other_images),
+                ]
+            )
+    return Table("Decisions", DECISION_COLUMNS, rows)
+
+
+def decisions_view(result: EvaluationResult) -> Table:
+    """The decisions as a person reads them: ``2/20 → 18/20`` per set of parts."""
+    rows: list[list[Cell]] = [
+        [
+            d.class_name,
+            d.added_group,
+            f"{d.threshold:.4g}",
+            f"{d.good_rejected_before}/{d.good_images} → {d.good_rejected_after}/{d.good_images}",
+            f"{d.group_accepted_before}/{d.group_images} → {d.group_accepted_after}/{d.group_images}",
+            f"{d.other_accepted_before}/{d.other_images} → {d.other_accepted_after}/{d.other_images}",
+        ]
+        for evaluation in result.classes
+        for d in evaluation.decisions
+    ]
+    target = next((d.false_reject for c in result.classes for d in c.decisions), None)
+    note = (
+        f"Threshold per class at a {100 * target:g} % false-reject rate on train/good (NG when the score is above "
+        "it); parts of the added group accepted = the yield the normality recovers; other defects accepted = escapes."
+        if target is not None
+        else "No decisions: no class had train/good images to calibrate a threshold on."
+    )
+    return Table(
+        "Decisions: what the line would accept, before → after adding each group",
+        ("class", "added_group", "threshold", "good parts rejected", "added group accepted", "other defects accepted"),
+        rows,
+        note,
+    )
+
+
+def decisions_figure(evaluation: ClassEvaluation) -> bytes:
+    """One panel per added group: accepted share of each set of parts, before and after, with counts."""
+    count = len(evaluation.decisions)
+    figure = Figure(figsize=(5.4 * max(count, 1), 2.8), layout="constrained")
+    for k, d in enumerate(evaluation.decisions):
+        axes = figure.add_subplot(1, max(count, 1), k + 1)
+        names = ["good parts", f"{d.added_group} (added)", "other defects"]
+        totals = [d.good_images, d.group_images, d.other_images]
+        accepted = {
+            "before": [d.good_images - d.good_rejected_before, d.group_accepted_before, d.other_accepted_before],
+            "after": [d.good_images - d.good_rejected_after, d.group_accepted_after, d.other_accepted_after],
+        }
+        positions = range(len(names))
+        for offset, label, colour in ((-0.2, "before", "#9aa0ac"), (0.2, "after", "#1b7f3b")):
+            shares = [100.0 * a / t if t else 0.0 for a, t in zip(accepted[label], totals, strict=True)]
+            bars = axes.barh([p + offset for p in positions], shares, height=0.38, color=colour, label=label)
+            for bar, a, t in zip(bars, accepted[label], totals, strict=True):
+                axes.text(bar.get_width() + 1, bar.get_y() + 0.19, f"{a}/{t}", va="center", fontsize=7)
+        axes.set_yticks(list(positions), names, fontsize=8)
+        axes.invert_yaxis()
+        axes.set_xlim(0, 118)
+        axes.set_xlabel("accepted (OK) %", fontsize=8)
+        axes.set_title(f"{evaluation.name}: +{d.added_group} (threshold {d.threshold:.3g})", fontsize=9)
+        axes.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2, frameon=False)
+    return _png(figure)
+
+
 def cost_table(result: EvaluationResult) -> Table:
     """What the run computed."""
     cost = result.cost
     rows: list[list[Cell]] = [
         ["test images", cost.images],
+        ["train/good images scored for the thresholds", cost.calibration_images],
         ["detector passes (images)", cost.detector_passes],
         ["CLIP passes (images)", cost.clip_passes],
         ["group texts encoded as normalities", cost.group_texts],
@@ -299,7 +416,9 @@ def write_report(result: EvaluationResult, out: Path, data: Path) -> dict[str, P
         "pixel": pixel_table(result),
         "several": several_table(result),
         "cost": cost_table(result),
+        "decisions": decisions_table(result),
     }
+    view = decisions_view(result)
     written: dict[str, Path] = {}
     for name, table in tables.items():
         written[name] = out / f"{name}.csv"
@@ -311,6 +430,9 @@ def write_report(result: EvaluationResult, out: Path, data: Path) -> dict[str, P
         if evaluation.examples:
             picture = examples_figure(evaluation.examples, result.random_weights)
             figures.append((f"examples_{evaluation.name}.png", f"Examples, {evaluation.name}", picture))
+        if evaluation.decisions:
+            picture = decisions_figure(evaluation)
+            figures.append((f"decisions_{evaluation.name}.png", f"Decisions, {evaluation.name}", picture))
     for filename, _, picture in figures:
         atomic_write_bytes(figures_dir / filename, picture)
 
@@ -331,6 +453,7 @@ def write_report(result: EvaluationResult, out: Path, data: Path) -> dict[str, P
     if warning:
         markdown += [f"**{warning}**", ""]
     markdown += [tables[name].to_markdown() for name in ordered]
+    markdown += [view.to_markdown()]
     markdown += ["## Figures", ""]
     markdown += [f"![{caption}](figures/{filename})\n" for filename, caption, _ in figures]
     markdown += [tables["cost"].to_markdown()]
@@ -346,6 +469,7 @@ def write_report(result: EvaluationResult, out: Path, data: Path) -> dict[str, P
     if warning:
         parts.append(f"<p class='warning'>{html.escape(warning)}</p>")
     parts += [tables[name].to_html() for name in ordered]
+    parts.append(view.to_html())
     parts.append("<h2>Figures</h2>")
     for _, caption, picture in figures:
         encoded = base64.b64encode(picture).decode()

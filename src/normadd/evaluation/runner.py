@@ -5,12 +5,17 @@ get every image's :class:`~normadd.evaluation.feature_cache.ImageRecord` (from t
 or from one batched detector + CLIP pass), then compute every group's suppression map from the
 cached tokens and score the protocol's rows, the selectivity, the pixel metrics and several
 groups added at once. Bad input is reported as notes and the run goes on with the rest.
+
+Decisions (issue 11): per class, a threshold is calibrated on the detector's scores of
+``train/good`` at ``false_reject`` (scores cached per image, like the features), and every
+added group is counted as a quality department would (:mod:`normadd.decisions.counts`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +26,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from normadd.cache import atomic_write_bytes, cache_dir, cache_key
 from normadd.config import LineConfig
+from normadd.decisions.counts import group_decision_counts
+from normadd.decisions.scoring import detector_only
+from normadd.decisions.thresholds import calibrate_false_reject
 from normadd.detectors.base import ClipFeatureDetector, max_scores
 from normadd.errors import (
     DeviceError,
@@ -53,13 +62,14 @@ from normadd.evaluation.protocol import (
     still_anomalous_subset,
 )
 from normadd.factory import build_addition
-from normadd.images import load_batch
+from normadd.images import IMAGE_SUFFIXES, load_batch
 from normadd.normality.addition import NormalityAddition
 from normadd.normality.suppression import check_map, keep_factor, resize_maps
 from normadd.normality.text_normality import AddedNormality
 from normadd.runtime import Runtime
 
 DETECTORS_WITHOUT_FACTORY = ("aprilgan",)
+CALIBRATION_CACHE_VERSION = 1
 PAPER_DETECTORS = ("aprilgan",)  # the detector of the paper's Table 2
 PAPER_TABLE3_NAMES = {  # (detector, shots) -> its Table 3 row, reported only as a mean over classes
     ("winclip", 0): "WinCLIP (zero-shot)",
@@ -114,6 +124,27 @@ class EvaluationSettings:
     batch_size: int = 8
     use_cache: bool = True
     runtime: Runtime | None = None
+    false_reject: float | None = 0.01  # decisions: the threshold's target on train/good; None: no decisions
+
+
+@dataclass
+class DecisionResult:
+    """Verdict counts of one class and added group at the class's calibrated threshold (issue 11)."""
+
+    class_name: str
+    added_group: str
+    threshold: float
+    false_reject: float
+    train_good_images: int
+    good_images: int
+    good_rejected_before: int
+    good_rejected_after: int
+    group_images: int
+    group_accepted_before: int
+    group_accepted_after: int
+    other_images: int
+    other_accepted_before: int
+    other_accepted_after: int
 
 
 @dataclass
@@ -191,6 +222,7 @@ class ClassEvaluation:
     pixel: list[PixelResult] = field(default_factory=list)
     several: list[SeveralResult] = field(default_factory=list)
     examples: list[Example] = field(default_factory=list)
+    decisions: list[DecisionResult] = field(default_factory=list)
 
     @property
     def mean_before(self) -> float | None:
@@ -217,6 +249,7 @@ class CostCounts:
     cache_bytes_written: int = 0
     record_bytes: int = 0
     seconds: float = 0.0
+    calibration_images: int = 0  # train/good images scored for the thresholds (not cached before)
 
 
 @dataclass
@@ -495,7 +528,89 @@ class Evaluator:
         self.progress.advance(1)
         self._pixel_rows(evaluation, images, maps)
         evaluation.examples = self._examples(images, groups, maps)
+        if self.settings.false_reject is not None:
+            self._decision_rows(evaluation, addition, cache_identity(addition, config))
         return evaluation
+
+    def _good_scores(self, addition: NormalityAddition, identity: list[object], class_name: str) -> list[float]:
+        """"Before" scores of the class's ``train/good`` images, scored as the test images are.
+
+        Test scores are read from the fp16 256 × 256 maps of the feature cache, so these are too:
+        threshold and test scores share one scale. Scores are cached per image (a few bytes).
+        """
+        folder = self.settings.data / class_name / "train" / "good"
+        paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not paths:
+            return []
+        key = cache_key(CALIBRATION_CACHE_VERSION, identity)
+        cache_file = cache_dir("calibration-scores") / f"{key}.json"
+        known: dict[str, float] = {}
+        if self.settings.use_cache and cache_file.is_file():
+            try:
+                known = {str(k): float(v) for k, v in json.loads(cache_file.read_text()).items()}
+            except (ValueError, AttributeError):
+                known = {}
+        digests = [file_digest(path) for path in paths]
+        missing = [i for i, digest in enumerate(digests) if digest not in known]
+        self.progress.start(f"{class_name}: train/good for the threshold", len(paths))
+        self.progress.advance(len(paths) - len(missing))
+        detector = detector_only(addition)
+        for start in range(0, len(missing), self.settings.batch_size):
+            chunk = missing[start : start + self.settings.batch_size]
+            loaded, pixels, failures = load_batch([paths[i] for i in chunk], addition.input_size)
+            for failure in failures:
+                self.note(f"{class_name}: train image skipped: {failure.reason}")
+            if pixels is not None:
+                prepare_batch = getattr(addition.detector, "prepare_batch", None)
+                if prepare_batch is not None:
+                    prepare_batch(loaded)
+                result = detector.explain(pixels)
+                scores = max_scores(result.before.half().float()).tolist()
+                by_path = {paths[i]: digests[i] for i in chunk}
+                known.update({by_path[path]: float(score) for path, score in zip(loaded, scores, strict=True)})
+                self.cost.detector_passes += len(loaded)
+                self.cost.clip_passes += len(loaded)
+                self.cost.calibration_images += len(loaded)
+            self.progress.advance(len(chunk))
+        if self.settings.use_cache and missing:
+            atomic_write_bytes(cache_file, json.dumps(known, sort_keys=True).encode())
+        return [known[d] for d in digests if d in known]
+
+    def _decision_rows(self, evaluation: ClassEvaluation, addition: NormalityAddition, identity: list[object]) -> None:
+        """Calibrate the class's threshold on train/good and count each group's decisions at it."""
+        assert self.settings.false_reject is not None
+        try:
+            good_scores = self._good_scores(addition, identity, evaluation.name)
+        except NormaddError as error:
+            self.note(f"{evaluation.name}: no decisions: train/good could not be scored ({error})")
+            return
+        if not good_scores:
+            self.note(f"{evaluation.name}: no decisions: no readable image in {evaluation.name}/train/good")
+            return
+        calibration = calibrate_false_reject(good_scores, self.settings.false_reject)
+        if not calibration.resolvable:
+            self.note(
+                f"{evaluation.name}: {len(good_scores)} train/good images cannot resolve a "
+                f"{self.settings.false_reject:g} false-reject rate: the threshold is their highest score"
+            )
+        for k, group in enumerate(evaluation.groups):
+            counts = group_decision_counts(
+                evaluation.defect_types,
+                group.defect_types,
+                evaluation.scores_before,
+                evaluation.scores_after[:, k],
+                calibration.threshold,
+            )
+            evaluation.decisions.append(
+                DecisionResult(
+                    evaluation.name,
+                    group.name,
+                    calibration.threshold,
+                    self.settings.false_reject,
+                    len(good_scores),
+                    **dataclasses.asdict(counts),
+                )
+            )
 
     def _records(
         self, addition: NormalityAddition, cache: FeatureCache, images: Sequence[TestImage], class_name: str
