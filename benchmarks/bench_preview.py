@@ -35,7 +35,7 @@ from normadd.normality.addition import NormalityAddition
 from normadd.normality.text_normality import NormalityDetector
 from normadd.prompts.text_embedding import TextEmbedder
 from normadd.registry.line_model import LineModel
-from normadd.registry.preview import preview
+from normadd.registry.preview import preview, suppression_from_stored
 from normadd.registry.retention import RetainedFeatures, RetentionStore, features_from_bytes, features_to_bytes
 from normadd.registry.store import LineRecord, Registry, ThresholdRecord
 from normadd.runtime import resolve_runtime
@@ -144,9 +144,7 @@ def bench(name: str, parts: int, passes: int, device: str) -> tuple[list[dict[st
             stored = features_from_bytes(blob)
             batch = [t.unsqueeze(0) for t in projected]
             from_pass = detector.suppression_from_projected(batch, grid, [candidate])[0, 0]
-            from_store = detector.suppression_from_projected(
-                [t.unsqueeze(0) for t in stored.projected], grid, [candidate]
-            )[0, 0]
+            from_store = suppression_from_stored(detector, [stored], [candidate])[0, 0]  # what a preview reads
             map_diff = max(map_diff, float((from_pass - from_store).abs().max()))
             score_pass = float((before * (1 - from_pass)).max())
             score_store = float((stored.before * (1 - from_store)).max())

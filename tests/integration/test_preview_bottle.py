@@ -17,7 +17,8 @@ from normadd.cli import app as cli_app
 from normadd.config import LineConfig
 from normadd.decisions.thresholds import calibrate_false_reject
 from normadd.images import load_image
-from normadd.registry.retention import RetainedFeatures, features_from_bytes, features_to_bytes
+from normadd.registry.preview import suppression_from_stored
+from normadd.registry.retention import RetainedFeatures, RetentionStore, features_from_bytes, features_to_bytes
 from normadd.registry.store import LineRecord, Registry, ThresholdRecord
 from normadd.serve.app import create_app
 from normadd.serve.settings import ServiceConfig
@@ -211,7 +212,7 @@ def test_maps_from_stored_features_match_a_fresh_pass_within_the_measured_tolera
     detector = model.addition.normality_detector
     candidate = detector.make_normality("scratch")
     fresh = detector.suppression_from_projected(result.projected, result.grid_size, [candidate])
-    for precision, tolerance in (("float32", 1e-6), ("float16", MAP_TOLERANCE)):
+    for precision, tolerance in (("float32", 1e-5), ("float16", MAP_TOLERANCE)):
         stored = [
             features_from_bytes(
                 features_to_bytes(
@@ -222,7 +223,22 @@ def test_maps_from_stored_features_match_a_fresh_pass_within_the_measured_tolera
             )
             for i in range(len(paths))
         ]
-        projected = [torch.stack(layer) for layer in zip(*(s.projected for s in stored), strict=True)]
-        maps = detector.suppression_from_projected(projected, result.grid_size, [candidate])
+        maps = suppression_from_stored(detector, stored, [candidate])  # what a preview reads
         assert float((maps - fresh).abs().max()) <= tolerance, precision
         assert torch.equal(torch.stack([s.before for s in stored]), result.before)
+
+
+def test_a_retained_part_that_no_longer_matches_its_hash_is_refused_and_the_rest_previewed(
+    service: tuple[TestClient, Registry],
+) -> None:
+    client, registry = service
+    store = RetentionStore.for_line(registry, LINE)
+    newest = store.recent(1)[0]
+    path = store.image_path(newest)
+    path.write_bytes(path.read_bytes() + b"tampered")
+    response = client.post(f"/v1/lines/{LINE}/normalities/preview", headers=AUTH, json={"text": "scratch", "recent": 5})
+    assert response.status_code == 200, response.text
+    report = response.json()
+    assert report["parts"] == 4 and newest.filename not in {item["image"] for item in report["items"]}
+    assert len(report["refused"]) == 1 and "no longer matches its SHA-256" in report["refused"][0]
+    assert any("refused" in note for note in report["notes"])

@@ -85,3 +85,17 @@ def test_bad_preview_and_staging_input_is_one_line_and_changes_nothing(
     assert code == 2, out
     assert "Traceback" not in out and words in " ".join(out.split()), out
     assert _snapshot(db) == before
+
+
+def test_preview_takes_the_acceptance_limits_of_normality_add(db: str, bottle_dir: Path) -> None:
+    image = str(bottle_dir / "test" / "broken_large" / "000.png")
+    base = ("normality", "preview", "line-1", "broken", "--images", image, "--json", "--db", db)
+    code, out = _run(*base, "--max-area", "10")
+    assert code == 0, out
+    item = json.loads(out)["items"][0]
+    # without a threshold no region is anomalous, so a limited normality suppresses nothing
+    assert item["score_after"] == item["score_before"]
+    before = _snapshot(db)
+    code, out = _run(*base, "--max-area", "-3")
+    assert code == 2 and "max_area" in out and ">= 0" in out, out
+    assert _snapshot(db) == before

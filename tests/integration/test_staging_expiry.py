@@ -88,3 +88,16 @@ def test_without_the_registry_an_expired_normality_still_stops_applying(
     assert registry.audit("line-1", action="normality.expire") == []
     model.explain(images, registry)  # the next inspection with the registry still audits it
     assert len(registry.audit("line-1", action="normality.expire")) == 1
+
+
+def test_a_normality_another_process_added_expires_at_this_process_s_first_inspection(
+    line: tuple[Registry, LineModel, FakeClock, torch.Tensor],
+) -> None:
+    registry, model, clock, images = line
+    plain = model.explain(images, registry).after_scores
+    other = LineModel.load(registry, "line-1")  # e.g. the CLI, while the service runs `model`
+    other.add(registry, "broken", 1.0, "alice", until=(START + timedelta(hours=1)).isoformat())
+    clock.now = START + timedelta(hours=2)  # nothing inspected in between
+    after = model.explain(images, registry)
+    assert after.names == [] and torch.equal(after.after_scores, plain)
+    assert len(registry.audit("line-1", action="normality.expire")) == 1

@@ -200,9 +200,9 @@ class LineModel:
         registry given, the first inspection after it marks it expired in the audit log.
         """
         with self._lock:
-            self._expire(registry)
             if registry is not None and registry.revision(self.line.name) != self.revision:
-                self._restore(registry)
+                self._restore(registry)  # first: another process may have added one whose until has passed
+            self._expire(registry)
             return self.addition.explain(images, keep_projected=keep_projected)
 
     def refresh(self, registry: Registry) -> None:
@@ -216,7 +216,8 @@ class LineModel:
         if not self.until or min(self.until.values()) > self.clock():
             return
         if registry is not None:
-            registry.expire_due(self.line.name)  # audited; the revision check then restores without them
+            registry.expire_due(self.line.name)  # audited, then reloaded without them
+            self._restore(registry)
             return
         now = self.clock()
         for name in [name for name, until in self.until.items() if until <= now]:

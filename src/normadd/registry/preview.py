@@ -21,16 +21,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F  # noqa: N812
 from torch import Tensor
 
 from normadd.decisions.policy import DecisionPolicy, image_size, limits_from_mapping
 from normadd.decisions.verdicts import COMBINED, NG, OK, Decision
 from normadd.detectors.base import max_scores
+from normadd.detectors.segmentation import LOGIT_SCALE
 from normadd.errors import NormaddError
 from normadd.images import DEFAULT_RESIZE, collect_images, load_image, load_image_bytes
 from normadd.normality.addition import AdditionResult
 from normadd.normality.suppression import keep_factor
-from normadd.normality.text_normality import AddedNormality
+from normadd.normality.text_normality import AddedNormality, NormalityDetector
 from normadd.registry.line_model import LineModel, embedding_from_bytes
 from normadd.registry.retention import RetainedFeatures, RetentionError, RetentionStore
 from normadd.registry.store import Registry
@@ -274,6 +276,37 @@ def preview(
     return report
 
 
+def suppression_from_stored(
+    detector: NormalityDetector, parts: Sequence[RetainedFeatures], normalities: Sequence[AddedNormality]
+) -> Tensor:
+    """``A_sup`` of text normalities from retained features: (B, K, size, size), one channel per normality.
+
+    The formula of :func:`normadd.detectors.segmentation.layer_maps`, averaged over layers as
+    :meth:`NormalityDetector.suppression_from_projected` does, computed part by part on the patch
+    grid: the stored tokens are already L2-normalised (not normalised again), each layer is
+    widened to float32 in one reused buffer, and only the small (N, K) logits are kept. At
+    ViT-L-14-336 that avoids allocating (and page-faulting) tens of MB per part; the maps agree
+    with a fresh pass within the tolerance the how-to page states (tests check it).
+
+    Raises:
+        NormaddError: A visual normality (it needs the raw patch tokens: use an image pass).
+    """
+    if any(n.kind == "visual" or n.embedding is None for n in normalities):
+        raise NormaddError("visual normalities need an image pass: stored features hold projected tokens only")
+    embeddings = torch.stack([n.embedding for n in normalities if n.embedding is not None])
+    differences = (embeddings - detector.normal_embedding.unsqueeze(0)).T.float()  # (D, K)
+    buffer = torch.empty(parts[0].projected[0].shape, dtype=torch.float32)  # reused: new pages cost more than copying
+    logits = torch.stack(
+        [torch.stack([buffer.copy_(tokens) @ differences for tokens in part.projected]) for part in parts]
+    )  # (B, L, N, K)
+    batch, layers, _, count = logits.shape
+    rows, cols = parts[0].grid_size
+    grid = (LOGIT_SCALE * logits).permute(0, 1, 3, 2).reshape(batch * layers, count, rows, cols)
+    size = detector.size
+    maps = torch.sigmoid(F.interpolate(grid, size=(size, size), mode="bilinear", align_corners=True))
+    return maps.reshape(batch, layers, count, size, size).mean(dim=1)
+
+
 def _active(model: LineModel, now: datetime) -> list[AddedNormality]:
     """The normalities that apply now (an ``until`` that passed counts as gone, without writing)."""
     return [n for n in model.addition.normalities.values() if n.name not in model.until or model.until[n.name] > now]
@@ -316,8 +349,7 @@ def _retained_batches(
                 stored.append((item.filename, item.sha256, data, features))
         if not stored:
             continue
-        projected = [torch.stack(layer) for layer in zip(*(f.projected for *_, f in stored), strict=True)]
-        maps = detector.suppression_from_projected(projected, stored[0][3].grid_size, [*active, candidate])
+        maps = suppression_from_stored(detector, [f for *_, f in stored], [*active, candidate])
         yield _Batch(
             [name for name, *_ in stored],
             [sha for _, sha, *_ in stored],
