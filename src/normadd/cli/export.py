@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from normadd.cli.common import console, friendly_errors, quiet_libraries
+from normadd.errors import NormaddError
 
 
 def run_export(
@@ -22,16 +23,17 @@ def run_export(
 ) -> None:
     """Build the line on the CPU in fp32, export it and print what was written."""
     from normadd.config import NormalitySetting, config_from_options
-    from normadd.export.exporter import export_line
+    from normadd.export.exporter import check_exportable, export_line
     from normadd.export.manifest import FORMATS
     from normadd.factory import build_addition
     from normadd.runtime import resolve_runtime
 
     quiet_libraries()
     if fmt not in FORMATS:
-        raise typer.BadParameter(f"'{fmt}' is unknown: choose one of {', '.join(FORMATS)}", param_hint="--format")
+        raise NormaddError(f"--format '{fmt}' is unknown: choose one of {', '.join(FORMATS)}")
     config = config_from_options(config_file, class_name, backbone, weights, projections)
     config.normalities += [NormalitySetting.parse(spec) for spec in add]
+    check_exportable(config)
     with console.status("loading the line and encoding texts"):
         addition = build_addition(config, resolve_runtime("cpu", "fp32"))
     if addition.normality_detector.encoder.is_random:
