@@ -285,6 +285,19 @@ def test_cli_serve_refuses_an_export_of_other_normalities(exports: dict[str, Pat
     assert "--export DIR" in line
 
 
+def test_export_refuses_an_unknown_format_and_an_unexportable_line(tmp_path: Path) -> None:
+    line = _error(["export", "-c", "bottle", "--backbone", "tiny-random", "--format", "tflite", "--out", str(tmp_path)])
+    assert "--format 'tflite' is unknown: choose one of onnx, openvino" in line
+    image = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mvtec_ad" / "bottle" / "train" / "good"
+    config = tmp_path / "line.yaml"
+    config.write_text(f"class_name: bottle\nbackbone: tiny-random\nexamples: [{image / '000.png'}]\n")
+    line = _error(["export", "--config", str(config), "--out", str(tmp_path / "out")])
+    assert "visual normalities" in line and "cannot be exported" in line
+    config.write_text("class_name: bottle\nbackbone: tiny-random\ndetector: maps\nmaps: saved-maps\n")
+    line = _error(["export", "--config", str(config), "--out", str(tmp_path / "out")])
+    assert "only APRIL-GAN lines can be exported" in line and "'maps'" in line
+
+
 def test_inspect_decides_with_the_threshold_in_the_manifest(
     exports: dict[str, Path], bottle_dir: Path, tmp_path: Path
 ) -> None:

@@ -18,20 +18,16 @@ if TYPE_CHECKING:
 def run_export(config: LineConfig, add: list[str], fmt: str, out: Path) -> None:
     """Build the line on the CPU in fp32, export it and print what was written."""
     from normadd.config import NormalitySetting
-    from normadd.export.exporter import export_line
+    from normadd.export.exporter import check_exportable, export_line
     from normadd.export.manifest import FORMATS
     from normadd.factory import build_addition
     from normadd.runtime import resolve_runtime
 
     quiet_libraries()
     if fmt not in FORMATS:
-        raise typer.BadParameter(f"'{fmt}' is unknown: choose one of {', '.join(FORMATS)}", param_hint="--format")
-    if config.detector != "aprilgan":  # before a detector is built or fitted for nothing
-        raise NormaddError(
-            f"only APRIL-GAN lines can be exported, this line's detector is '{config.detector}': "
-            "use --detector aprilgan, or export the detector with its own tool (anomalib export)"
-        )
+        raise NormaddError(f"--format '{fmt}' is unknown: choose one of {', '.join(FORMATS)}")
     config.normalities += [NormalitySetting.parse(spec) for spec in add]
+    check_exportable(config)
     with console.status("loading the line and encoding texts"):
         addition = build_addition(config, resolve_runtime("cpu", "fp32"))
     if addition.normality_detector.encoder.is_random:

@@ -80,6 +80,24 @@ def build_manifest(addition: NormalityAddition, config: LineConfig, model_file: 
     )
 
 
+def check_exportable(config: LineConfig) -> None:
+    """Refuse, before anything is built, a line config that cannot be exported.
+
+    Raises:
+        NormaddError: A detector other than APRIL-GAN, or visual normalities (``examples``).
+    """
+    if config.detector != "aprilgan":
+        raise NormaddError(
+            f"only APRIL-GAN lines can be exported, this line's detector is '{config.detector}': "
+            "export that detector with its own tool (anomalib export) and wrap it with --detector onnx|openvino"
+        )
+    if config.examples:
+        raise NormaddError(
+            f"visual normalities ({len(config.examples)} from example images) cannot be exported (only text "
+            "normalities are graph constants): remove 'examples' from the line before exporting"
+        )
+
+
 def _export_onnx(graph: LineGraph, path: Path) -> None:
     size = graph.input_size
     example = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))  # batch 2: see platform notes
