@@ -52,7 +52,13 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
 
 @dataclass
 class NormalitySetting:
-    """One added normality as configured: text, strength in [0, 1], optional name."""
+    """One added normality as configured: text, strength in [0, 1], optional name.
+
+    Attributes:
+        text: Defect text that becomes normal, e.g. ``scratch`` (a string item ``"text:strength"`` also works).
+        strength: Suppression strength s in [0, 1]; 0 changes nothing, 1 is the paper's full addition.
+        name: Key to remove it by (default: the text).
+    """
 
     text: str
     strength: float = 1.0
@@ -67,7 +73,14 @@ class NormalitySetting:
 
 @dataclass
 class ExampleSetting:
-    """One visual normality as configured: example images, optional masks (one per image), strength, name."""
+    """One visual normality as configured: example images, optional masks (one per image), strength, name.
+
+    Attributes:
+        images: Example images of the defect to accept (a single path also works).
+        masks: The defect's mask in each example, in the same order; without masks the whole image is the example.
+        strength: Suppression strength s in [0, 1].
+        name: Key to remove it by (default: derived from the first image's name).
+    """
 
     images: list[str]
     masks: list[str] | None = None
@@ -89,7 +102,30 @@ class ExampleSetting:
 
 @dataclass
 class LineConfig:
-    """Settings of one product line."""
+    """Settings of one product line.
+
+    Attributes:
+        class_name: Product class, as the prompts name it, e.g. ``bottle``.
+        backbone: CLIP backbone of the normality detector (and of APRIL-GAN): ``ViT-L-14-336`` or ``tiny-random``
+            (random weights, for tests); ``normadd backbones`` lists them.
+        weights: open_clip weights file (``.pt``/``.bin``/``.safetensors``); unset: ``NORMADD_WEIGHTS``, then the cache.
+        projections: APRIL-GAN projections checkpoint (normadd's or the official one); unset: the training-free
+            fallback through CLIP's ``ln_post`` and ``proj``.
+        layers: Tapped blocks of the CLIP image encoder, e.g. ``[6, 12, 18, 24]``; unset: the backbone's own.
+        phrase_generator: ``offline`` (built-in lexicon) or ``llm`` (an OpenAI-compatible endpoint, the
+            ``[llm]`` extra).
+        normalities: Text normalities active on the line: mappings (keys below) or ``"text:strength"`` strings.
+        examples: Visual normalities: example images with optional masks (keys below).
+        detector: The anomaly detector: ``aprilgan``, ``winclip``, ``patchcore``, ``maps`` or ``anomalib``.
+        detector_backbone: The detector's backbone (WinCLIP: ``ViT-B-16-plus-240``; PatchCore: ``wide_resnet50_2``;
+            anomalib: the model class of a ``.ckpt``, e.g. ``Patchcore``).
+        detector_weights: The detector's weights: an open_clip file, a torchvision state_dict or ``random``, or an
+            anomalib model (``.ckpt``/``.pt``).
+        shots: WinCLIP reference images: 0 (zero-shot), 1 or 5 (WinCLIP+).
+        reference: Folder of normal images (WinCLIP+ shots, PatchCore fit).
+        maps: Folder of saved anomaly maps (``detector: maps``), matched to images by file stem.
+        memory_bank: PatchCore memory bank file: loaded when it exists (settings checked), else fitted and saved.
+    """
 
     class_name: str
     backbone: str = DEFAULT_BACKBONE
