@@ -44,11 +44,12 @@ def equation_svg(tex: str) -> str:
 
     matplotlib.use("Agg")
     from matplotlib import mathtext, rcParams
+    from matplotlib.font_manager import FontProperties
 
     rcParams["svg.fonttype"] = "path"  # glyphs as paths: the SVG needs no font
     rcParams["mathtext.fontset"] = "cm"
     buffer = io.BytesIO()
-    mathtext.math_to_image(f"${tex}$", buffer, format="svg", dpi=100, prop=None)
+    mathtext.math_to_image(f"${tex}$", buffer, format="svg", prop=FontProperties(size=17))
     encoded = base64.b64encode(buffer.getvalue()).decode()
     return (
         f'<p class="equation"><img alt="{html.escape(tex)}" title="{html.escape(tex)}" '

@@ -239,11 +239,12 @@ def record_all(root: Path = OUTPUTS) -> dict[str, list[StepRun]]:
     """Run every tutorial under ``root`` and write the key of this run (only when all steps passed)."""
     key_file = root / "key"
     key_file.unlink(missing_ok=True)
-    results = {name: run_tutorial(name, steps, root / name) for name, steps in load_tutorials().items()}
-    if all(run.ok for runs in results.values() for run in runs) and all(
-        len(runs) == len(steps) for runs, steps in zip(results.values(), load_tutorials().values(), strict=True)
-    ):
-        key_file.write_text(sources_key())
+    key = sources_key()  # of the sources as they are when the run starts
+    tutorials = load_tutorials()
+    results = {name: run_tutorial(name, steps, root / name) for name, steps in tutorials.items()}
+    complete = all(len(results[name]) == len(steps) for name, steps in tutorials.items())
+    if complete and all(run.ok for runs in results.values() for run in runs):
+        key_file.write_text(key)
     return results
 
 

@@ -9,7 +9,9 @@ tutorial cannot rot. Their run is recorded under ``build/docs-tutorials/``: the 
 from __future__ import annotations
 
 import functools
+import html
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -28,6 +30,11 @@ from docsgen import tutorials  # noqa: E402
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 CHROMIUM = Path("/usr/bin/chromium")
 TUTORIALS = tutorials.load_tutorials()
+
+
+def page_text(path: Path) -> str:
+    """A built page's text without its HTML tags (code is split into highlighted spans)."""
+    return html.unescape(re.sub(r"<[^>]+>", "", path.read_text()))
 
 
 @pytest.fixture(scope="module")
@@ -74,12 +81,14 @@ def test_site_builds_with_strict_checks_from_the_recorded_tutorial_run(
     site, done = built_site
     assert done.returncode == 0, done.stderr[-5000:]
     assert "running the tutorials" not in done.stderr  # it showed the run the tests just recorded
-    tutorial = (site / "tutorials" / "first-normality" / "index.html").read_text()
-    assert "$ normadd inspect" in tutorial and "wrote maps and scores.csv" in tutorial
+    tutorial = page_text(site / "tutorials" / "first-normality" / "index.html")
+    assert "$ normadd inspect ../shared/data/mvtec_ad/bottle/test/broken_large/000.png" in tutorial
+    assert "wrote maps and scores.csv to normadd-out/first" in tutorial
     assert (site / "tutorials" / "generated" / "first-normality" / "000_after.png").is_file()
-    cli = (site / "reference" / "cli" / "index.html").read_text()
+    cli = page_text(site / "reference" / "cli" / "index.html")
     assert "normadd normality add" in cli and "--strength" in cli
-    assert "/v1/lines/{line}/inspect" in (site / "reference" / "rest-api" / "index.html").read_text()
+    assert "POST /v1/lines/{line}/inspect" in page_text(site / "reference" / "rest-api" / "index.html")
+    assert "bench_inspect" in page_text(site / "explanation" / "measurements" / "index.html")
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +129,7 @@ def test_home_tutorial_and_api_reference_render_in_chromium(site_url: str) -> No
         page.on("pageerror", lambda error: errors.append(str(error)))
 
         page.goto(f"{site_url}/", wait_until="networkidle")
-        assert page.locator("h1").first.inner_text().strip() == "normadd"
+        assert page.locator("article h1").inner_text().strip().removesuffix("¶").strip() == "normadd"
         assert page.get_by_role("link", name="Add your first normality and read the maps").first.is_visible()
         page.screenshot(path=str(ARTIFACTS / "docs_home.png"))
 
@@ -132,7 +141,7 @@ def test_home_tutorial_and_api_reference_render_in_chromium(site_url: str) -> No
             pictures.nth(index).scroll_into_view_if_needed()
             loaded = pictures.nth(index).evaluate("img => img.complete && img.naturalWidth > 0")
             assert loaded, f"picture {index} of the tutorial did not load"
-        page.locator("article .grid-figures").first.scroll_into_view_if_needed()
+        page.evaluate("window.scrollTo(0, 0)")
         page.screenshot(path=str(ARTIFACTS / "docs_tutorial.png"), full_page=True)
 
         page.goto(f"{site_url}/reference/python-api/", wait_until="networkidle")
@@ -144,6 +153,7 @@ def test_home_tutorial_and_api_reference_render_in_chromium(site_url: str) -> No
         equations = page.locator("article p.equation img")
         assert equations.count() >= 3
         assert equations.first.evaluate("img => img.complete && img.naturalWidth > 0")
+        page.screenshot(path=str(ARTIFACTS / "docs_method.png"), full_page=True)
         browser.close()
     assert not errors, errors
     assert not outside, f"the site loaded files from elsewhere (it must work offline): {outside[:5]}"
