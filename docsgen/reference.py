@@ -204,7 +204,7 @@ def _type(schema: dict[str, Any]) -> str:
     if kind == "object" and "additionalProperties" in schema:
         values = schema["additionalProperties"]
         return f"object of {_type(values)}" if isinstance(values, dict) and values else "object"
-    if schema.get("format") == "binary":
+    if schema.get("format") == "binary" or "contentMediaType" in schema:
         return "file"
     return str(kind)
 
@@ -219,11 +219,16 @@ def _limits(schema: dict[str, Any]) -> str:
     return "; ".join(words)
 
 
+def _describe(description: str, schema: dict[str, Any]) -> str:
+    limits = _limits(schema)
+    return f"{description} ({limits})" if description and limits else description or limits
+
+
 def _properties(schema: dict[str, Any]) -> list[list[str]]:
     required = set(schema.get("required", []))
     rows = []
     for name, prop in schema.get("properties", {}).items():
-        notes = "; ".join(filter(None, [prop.get("description", ""), _limits(prop)]))
+        notes = _describe(prop.get("description", ""), prop)
         rows.append([f"`{name}`", cell(_type(prop)), "yes" if name in required else "", cell(notes)])
     return rows
 
@@ -244,7 +249,7 @@ def rest_reference(schema: dict[str, Any] | None = None) -> str:
                     p["in"],
                     cell(_type(p.get("schema", {}))),
                     "yes" if p.get("required") else "",
-                    cell("; ".join(filter(None, [p.get("description", ""), _limits(p.get("schema", {}))]))),
+                    cell(_describe(p.get("description", ""), p.get("schema", {}))),
                 ]
                 for p in operation.get("parameters", [])
             ]
