@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -95,3 +96,13 @@ def test_equations_are_typeset_to_svg_without_javascript() -> None:
     html = render.equation_svg(r"A_{\mathrm{final}} = A \odot \prod_k (1 - s_k A_{\mathrm{sup},k})")
     assert html.startswith('<p class="equation"><img alt="A_{\\mathrm{final}}')
     assert "data:image/svg+xml;base64," in html and "<script" not in html
+
+
+def test_readme_keeps_the_two_quickstart_commands_and_links_only_to_pages_that_exist() -> None:
+    readme = (REPO_ROOT / "README.md").read_text()
+    quickstart = readme.split("## Quickstart", 1)[1].split("```sh", 1)[1].split("```", 1)[0]
+    assert [line.split("#")[0].strip() for line in quickstart.strip().splitlines()] == ["make demo", "make test"]
+    links = re.findall(r"\]\(([^)#]+)\)", readme)
+    assert links, "the README links into the documentation"
+    for link in links:
+        assert (REPO_ROOT / link).is_file(), f"README links to {link}, which does not exist"
