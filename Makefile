@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.normadd-installed
 
-.PHONY: demo test lint install
+.PHONY: demo test lint install docs docs-serve
 
 $(STAMP): pyproject.toml requirements/ci.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,10 +19,19 @@ demo: $(STAMP)
 	$(VENV)/bin/normadd demo
 
 test: $(STAMP)
-	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff check src tests benchmarks docsgen
 	$(PY) -m pytest -q -p no:cacheprovider; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 lint: $(STAMP)
-	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff check src tests benchmarks docsgen
 	$(PY) -m mypy src
+
+# The documentation site (docs/, mkdocs.yml) built to site/. The tutorial pages show a recorded run of
+# their commands (build/docs-tutorials/, rerun when the sources changed); `make test` runs them and
+# builds the site with --strict too (tests/integration/test_docs.py).
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve

@@ -68,8 +68,14 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
 class NormalitySetting:
     """One added normality as configured: text, strength in [0, 1], optional name and acceptance limits.
 
-    ``max_area``/``max_length``: a number (pixels of the input image) or text with a unit
-    (``"4 mm2"``, ``"2 mm"``); ``region``: a PNG mask, white where the normality applies.
+    Attributes:
+        text: Defect text that becomes normal, e.g. ``scratch`` (a string item ``"text:strength"`` also works).
+        strength: Suppression strength s in [0, 1]; 0 changes nothing, 1 is the paper's full addition.
+        name: Key to remove it by (default: the text).
+        max_area: Largest anomalous region it accepts: pixels² of the input image, or text with a unit
+            (``"4 mm2"``, needs the line's ``pixel_size_mm``); unset: any size.
+        max_length: Longest anomalous region it accepts: pixels, or text with a unit (``"2 mm"``); unset: any.
+        region: PNG mask, white where the normality applies (e.g. only the label area); unset: everywhere.
     """
 
     text: str
@@ -100,7 +106,14 @@ class NormalitySetting:
 
 @dataclass
 class ExampleSetting:
-    """One visual normality as configured: example images, optional masks (one per image), strength, name."""
+    """One visual normality as configured: example images, optional masks (one per image), strength, name.
+
+    Attributes:
+        images: Example images of the defect to accept (a single path also works).
+        masks: The defect's mask in each example, in the same order; without masks the whole image is the example.
+        strength: Suppression strength s in [0, 1].
+        name: Key to remove it by (default: derived from the first image's name).
+    """
 
     images: list[str]
     masks: list[str] | None = None
@@ -158,30 +171,41 @@ class LineConfig:
     """Settings of one product line.
 
     Attributes:
-        class_name: The product class, e.g. ``bottle``.
-        backbone: CLIP backbone name, ``MODEL:TAG`` or open_clip config JSON.
-        weights: open_clip weights file (or ``random``); resolved from env/cache when None.
-        projections: APRIL-GAN projections: a checkpoint path or a name (``aprilgan-visa``).
-        layers: Tapped blocks (1-based); the backbone's default when None.
-        object_name: The object word in every prompt; the class name (``_`` as spaces) when None.
-        image_size: Side of the square the backbone runs at; the backbone's default when None.
-        resize: How images become square: ``squash`` (APRIL-GAN) or ``letterbox``.
-        image_score: ``max`` of the anomaly map or ``clip`` (APRIL-GAN's pooled score).
-        phrase_generator: ``offline`` lexicon or ``llm``.
-        normalities: Text normalities to add.
-        examples: Visual normalities to add (example images, masks).
-        detector: ``aprilgan``, ``winclip``, ``patchcore``, ``maps``, ``anomalib``, ``onnx`` or ``openvino``.
-        detector_backbone: The detector's own backbone (WinCLIP, PatchCore).
-        detector_weights: The detector's weights file (or ``random``).
-        shots: WinCLIP reference images (0, 1 or 5).
-        reference: Folder of normal images (WinCLIP+ shots, PatchCore fit).
-        maps: Folder of saved anomaly maps (``detector: maps``).
-        memory_bank: PatchCore memory bank file (loaded if it exists, else fitted and saved).
-        retain: Retention of inspected images, e.g. ``{"images": 200}`` (see :class:`RetentionSettings`).
+        class_name: Product class, e.g. ``bottle`` (the object word of the prompts unless ``object_name`` is set).
+        backbone: CLIP backbone of the normality detector (and of APRIL-GAN): a name from ``normadd backbones``
+            (``ViT-L-14-336``, ``tiny-random`` for tests), an open_clip ``MODEL:TAG``, or a model config JSON.
+        weights: open_clip weights file (``.pt``/``.bin``/``.safetensors``) or ``random``; unset:
+            ``NORMADD_WEIGHTS``, then the cache.
+        projections: APRIL-GAN projections: a checkpoint path or a name (``aprilgan-visa``, ``aprilgan-mvtec``);
+            unset: ``aprilgan-visa`` for ViT-L-14-336 where it resolves, else the training-free fallback.
+        layers: Tapped blocks of the CLIP image encoder, e.g. ``[6, 12, 18, 24]``; unset: the backbone's own.
+        object_name: The object word in every prompt; unset: the class name with ``_`` as spaces.
+        image_size: Side of the square the backbone runs at; unset: the backbone's default.
+        resize: How images become square: ``squash`` (APRIL-GAN's convention) or ``letterbox``; masks follow.
+        image_score: ``max`` of the anomaly map, or ``clip`` (APRIL-GAN's pooled-embedding score).
+        phrase_generator: ``offline`` (built-in lexicon) or ``llm`` (an OpenAI-compatible endpoint, the
+            ``[llm]`` extra).
+        normalities: Text normalities active on the line: mappings (keys below) or ``"text:strength"`` strings.
+        examples: Visual normalities: example images with optional masks (keys below).
+        detector: The anomaly detector: ``aprilgan``, ``winclip``, ``patchcore``, ``maps``, ``anomalib``,
+            ``onnx`` or ``openvino``.
+        detector_backbone: The detector's backbone (WinCLIP: ``ViT-B-16-plus-240``; PatchCore: ``wide_resnet50_2``;
+            anomalib: the model class of a ``.ckpt``, e.g. ``Patchcore``).
+        detector_weights: The detector's weights: an open_clip file, a torchvision state_dict or ``random``, or an
+            anomalib model (``.ckpt``/``.pt``).
+        shots: WinCLIP reference images: 0 (zero-shot), 1 or 5 (WinCLIP+).
+        reference: Folder of normal images (WinCLIP+ shots, PatchCore fit); any sizes, resized like test images.
+        maps: Folder of saved anomaly maps (``detector: maps``), matched by relative path, file stem as fallback.
+        memory_bank: PatchCore memory bank file: loaded when it exists (settings checked), else fitted and saved.
+        retain: Retention of inspected images for previews, e.g. ``{images: 200}`` (see :class:`RetentionSettings`).
         model: An anomalib ONNX/OpenVINO export (``detector: onnx`` or ``openvino``).
-        threshold: NG when a score is above it; None leaves verdicts undecided.
-        threshold_scale: The detector identity the threshold was calibrated for.
-        pixel_size_mm: Millimetres per input-image pixel (for limits in mm).
+        threshold: NG when a score is above it; unset leaves verdicts undecided (``normadd calibrate`` finds one).
+        threshold_scale: The detector identity the threshold was calibrated for (set by normadd; a change makes
+            the threshold stale).
+        pixel_size_mm: Millimetres per input-image pixel, for acceptance limits given in mm.
+        approval: ``none`` (default) or ``required``: every change waits for a second person's approval.
+        approval_expires_hours: Hours after which a change waiting for approval expires.
+        coreset: PatchCore's coreset selection when fitting: ``exact`` (anomalib's picks) or ``fast``.
     """
 
     class_name: str
