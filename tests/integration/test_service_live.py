@@ -101,7 +101,9 @@ def service_page(live_server: LiveServer, page: Page) -> Iterator[Page]:
 def test_real_uvicorn_serves_health_auth_and_inspections(live_server: LiveServer, bottle_dir: Path) -> None:
     image = (bottle_dir / "test" / "broken_large" / "000.png").read_bytes()
     with httpx.Client(base_url=live_server.url, timeout=30) as client:
-        assert client.get("/healthz").json()["lines_loaded"] == ["bottle"]
+        loaded = client.get("/healthz").json()["lines_loaded"]
+        # the browser tests of this module may have loaded the approval line 'vials' first
+        assert "bottle" in loaded and set(loaded) <= {"bottle", "vials"}
         assert client.get("/v1/lines").status_code == 401
         response = client.post(
             "/v1/lines/bottle/inspect", headers={"X-API-Key": KEY}, files=[("images", ("000.png", image, "image/png"))]
