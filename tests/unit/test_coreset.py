@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -72,3 +74,24 @@ def test_fast_coreset_radius_stays_within_its_bound(n: int, dims: int, seed: int
 def test_unknown_coreset_method_is_refused() -> None:
     with pytest.raises(ValueError, match="exact or fast"):
         greedy_coreset(torch.randn(100, 4), 0.1, method="quick")
+
+
+def test_a_line_config_refuses_an_unknown_coreset_word() -> None:
+    from normadd.config import LineConfig
+    from normadd.errors import NormaddError
+
+    assert LineConfig.from_dict({"class_name": "bottle", "coreset": "fast"}).coreset == "fast"
+    with pytest.raises(NormaddError, match="coreset 'quick' is unknown: use exact or fast"):
+        LineConfig.from_dict({"class_name": "bottle", "coreset": "quick"})
+
+
+def test_the_cli_refuses_an_unknown_coreset_in_one_line(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from normadd.cli import app
+
+    image = tmp_path / "a.png"
+    image.write_bytes(b"not read: the settings are checked first")
+    result = CliRunner().invoke(app, ["inspect", str(image), "--class-name", "bottle", "--coreset", "quick"])
+    assert result.exit_code == 2
+    assert "coreset 'quick' is unknown" in result.output and "Traceback" not in result.output

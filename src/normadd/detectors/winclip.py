@@ -258,37 +258,8 @@ class WinClipDetector:
         patches = tokens[:, 1:][:, indices.reshape(-1).to(tokens.device)].reshape(batch, n_windows, kernel, width)
         class_token = tokens[:, :1].unsqueeze(1).expand(batch, n_windows, 1, width)
         sequences = torch.cat([class_token, patches], dim=2).reshape(batch * n_windows, kernel + 1, width)
-        pooled, _ = self._head(self._class_token_transformer(sequences))
+        pooled, _ = self._head(self._encoder.model.visual.transformer(sequences))
         return pooled.reshape(batch, n_windows, -1)
-
-    def _class_token_transformer(self, sequences: Tensor) -> Tensor:
-        """The transformer's output where the window embedding reads it: (N, 1, width) or all tokens.
-
-        A window's embedding is its class token after the last block (class-token pooling). In that
-        block the other tokens only give keys and values; their attention output and MLP are never
-        read, so the last block runs for the class token alone (the same sums, about a twelfth of
-        the window passes' work saved on a 12-block tower). Towers that pool otherwise run whole.
-        """
-        visual = self._encoder.model.visual
-        transformer = visual.transformer
-        *blocks, last = transformer.resblocks
-        plain = (
-            getattr(transformer, "batch_first", False)
-            and getattr(visual, "pool_type", None) == "tok"
-            and getattr(visual, "attn_pool", None) is None
-            and type(last).__name__ == "ResidualAttentionBlock"
-            and not hasattr(last, "ln_1_kv")
-            and not getattr(transformer, "grad_checkpointing", False)
-        )
-        if not plain:
-            return transformer(sequences)
-        x = sequences
-        for block in blocks:
-            x = block(x)
-        normed = last.ln_1(x)
-        attended = last.attn(normed[:, :1], normed, normed, need_weights=False)[0]
-        cls = x[:, :1] + last.ls_1(attended)
-        return cls + last.ls_2(last.mlp(last.ln_2(cls)))
 
     def set_reference(self, reference_images: Tensor) -> None:
         """Store the visual memory of K normal images (B, 3, H, W) in [0, 1] (WinCLIP+)."""
