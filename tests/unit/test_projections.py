@@ -313,7 +313,7 @@ def test_a_named_checkpoint_that_is_nowhere_is_one_line_naming_the_places() -> N
         resolve_projections("aprilgan-visa", "ViT-L-14-336")
     message = str(caught.value)
     assert "visa_pretrained.pth" in message and str(cache_dir("projections")) in message
-    assert "--projections PATH" in message and "does not download" in message
+    assert "--projections PATH" in message and "not downloaded: downloads are off" in message
     assert "\n" not in message
 
 
@@ -341,3 +341,67 @@ def test_the_clip_image_score_is_aprilgans_softmax_of_the_pooled_embedding(tiny_
 def test_an_unknown_image_score_is_one_line(tiny_encoder: ClipEncoder) -> None:
     with pytest.raises(NormaddError, match="image_score 'mean' is unknown: use max or clip"):
         AprilGanDetector(tiny_encoder, "bottle", image_score="mean")
+
+
+def test_a_named_checkpoint_downloads_into_the_cache_from_a_mirror_when_downloads_are_allowed(
+    tiny_encoder: ClipEncoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import functools
+    import http.server
+    import threading
+
+    from normadd.cache import cache_dir
+    from normadd.detectors.projections import resolve_projections
+
+    served = tmp_path / "mirror"
+    served.mkdir()
+    torch.save(official_checkpoint(4, tiny_encoder.embed_dim, tiny_encoder.width), served / "visa_pretrained.pth")
+    (served / "mvtec_pretrained.pth").write_bytes(b"<html>not a checkpoint</html>")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        for flag in ("HF_HUB_OFFLINE", "NORMADD_OFFLINE", "TRANSFORMERS_OFFLINE"):
+            monkeypatch.delenv(flag, raising=False)
+        monkeypatch.setenv("NORMADD_PROJECTIONS_URL", f"http://127.0.0.1:{server.server_port}/")
+        resolved = resolve_projections("aprilgan-visa", "tiny-random")
+        assert resolved is not None and resolved.origin == "download"
+        assert resolved.path == cache_dir("projections") / "visa_pretrained.pth"
+        assert resolved.path.read_bytes() == (served / "visa_pretrained.pth").read_bytes()
+        assert load_projections(resolved.path, tiny_encoder).kind == "linear"
+        # the second time it is in the cache: no request needed
+        server.shutdown()
+        assert resolve_projections("aprilgan-visa", "tiny-random").origin == "cache"  # type: ignore[union-attr]
+    finally:
+        server.server_close()
+
+
+def test_a_mirror_answering_something_else_than_a_checkpoint_is_one_line_and_nothing_is_cached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import functools
+    import http.server
+    import threading
+
+    from normadd.cache import cache_dir
+    from normadd.detectors.projections import resolve_projections
+
+    served = tmp_path / "mirror"
+    served.mkdir()
+    (served / "mvtec_pretrained.pth").write_bytes(b"<html>not a checkpoint</html>")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        for flag in ("HF_HUB_OFFLINE", "NORMADD_OFFLINE", "TRANSFORMERS_OFFLINE"):
+            monkeypatch.delenv(flag, raising=False)
+        monkeypatch.setenv("NORMADD_PROJECTIONS_URL", f"http://127.0.0.1:{server.server_port}")
+        with pytest.raises(WeightsNotFoundError) as caught:
+            resolve_projections("aprilgan-mvtec", "ViT-L-14-336")
+        assert "did not give a torch checkpoint" in str(caught.value) and "\n" not in str(caught.value)
+        assert not (cache_dir("projections") / "mvtec_pretrained.pth").exists()
+        with pytest.raises(WeightsNotFoundError, match=r"not downloaded: http://127\.0\.0\.1"):
+            resolve_projections("aprilgan-visa", "ViT-L-14-336")  # 404 on the mirror
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -44,14 +44,19 @@ class ResolvedWeights:
         return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
+def offline_requested() -> bool:
+    """Whether downloads are forbidden: ``NORMADD_OFFLINE``, ``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE`` set."""
+    offline = ("HF_HUB_OFFLINE", "NORMADD_OFFLINE", "TRANSFORMERS_OFFLINE")
+    return any(os.environ.get(flag, "").strip() not in ("", "0") for flag in offline)
+
+
 def network_allowed(host: str = "huggingface.co", timeout_s: float = 3.0) -> bool:
     """Whether normadd may try a download: no offline flag set and the hub answers quickly.
 
     The quick connection probe keeps an offline machine from waiting through the hub client's
     retries (about a minute) before the "no weights" message.
     """
-    offline = ("HF_HUB_OFFLINE", "NORMADD_OFFLINE", "TRANSFORMERS_OFFLINE")
-    if any(os.environ.get(flag, "").strip() not in ("", "0") for flag in offline):
+    if offline_requested():
         return False
     try:
         with socket.create_connection((host, 443), timeout=timeout_s):

@@ -52,7 +52,7 @@ Projections = Annotated[
     str | None,
     typer.Option(
         help="APRIL-GAN projections: a checkpoint path or a name (aprilgan-visa, aprilgan-mvtec) "
-        "found via NORMADD_PROJECTIONS or the cache."
+        "found via NORMADD_PROJECTIONS or the cache, else downloaded when online (NORMADD_PROJECTIONS_URL: a mirror)."
     ),
 ]
 Layers = Annotated[str | None, typer.Option(help="Tapped blocks of --backbone, e.g. 6,12,18,24.")]

@@ -9,9 +9,11 @@ fallback projects every layer through CLIP's own ``ln_post`` + ``proj``.
 Projections are resolved like weights (:func:`resolve_projections`): a path, or a name of APRIL-GAN's
 published checkpoints (``aprilgan-visa``: ``visa_pretrained.pth``, trained on VisA, the one the paper
 uses on MVTec AD; ``aprilgan-mvtec``: ``mvtec_pretrained.pth``) looked up in ``$NORMADD_PROJECTIONS``
-(a folder) and the cache folder ``$NORMADD_CACHE_DIR/projections``. normadd does not download them:
-no download address for these files could be confirmed, so a user copies them from the official
-APRIL-GAN repository's release into the cache once.
+(a folder) and the cache folder ``$NORMADD_CACHE_DIR/projections``, then downloaded into that cache
+when downloads are allowed: from ``$NORMADD_PROJECTIONS_URL`` (a mirror, e.g. inside the plant) or
+from the official APRIL-GAN repository's ``exps/pretrained`` folder, where its README says the
+checkpoints are provided. No offline flag may be set, and without a mirror GitHub must answer a
+3 s probe first, as for weights.
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ FORMAT = "normadd-projections"
 FORMAT_VERSION = 1
 OFFICIAL_KEY = "trainable_linearlayer"
 PROJECTIONS_ENV = "NORMADD_PROJECTIONS"
+PROJECTIONS_URL_ENV = "NORMADD_PROJECTIONS_URL"
+# The official repository provides its checkpoints in exps/pretrained (its README, "Pretrained Models").
+APRIL_GAN_CHECKPOINTS_URL = "https://github.com/ByChelsea/VAND-APRIL-GAN/raw/master/exps/pretrained/"
+DOWNLOAD_TIMEOUT_S = 120.0
 _BARE_KEY = re.compile(r"^fc\.\d+\.(weight|bias)$")
 
 
@@ -93,10 +99,13 @@ def resolve_projections(projections: str | Path | None, backbone: str) -> Resolv
             if candidate.is_file():
                 origin = "cache" if candidate.parent == cache_dir("projections") else "environment"
                 return ResolvedProjections(candidate, origin)
+        downloaded, why_not = _download(named)
+        if downloaded is not None:
+            return ResolvedProjections(downloaded, "download")
         places = " or ".join(str(p.parent) for p in _named_locations(named))
         raise WeightsNotFoundError(
             f"projections '{projections}' ({named.about}) not found: put APRIL-GAN's {named.filename} in {places} "
-            f"(or a folder named by {PROJECTIONS_ENV}), or pass --projections PATH; normadd does not download it"
+            f"(or a folder named by {PROJECTIONS_ENV}), or pass --projections PATH; not downloaded: {why_not}"
         )
     if projections is not None:
         return ResolvedProjections(Path(projections), "argument")
@@ -108,7 +117,44 @@ def resolve_projections(projections: str | Path | None, backbone: str) -> Resolv
         for candidate in _named_locations(NAMED_PROJECTIONS[default]):
             if candidate.is_file():
                 return ResolvedProjections(candidate, f"default {default}")
+        downloaded, _ = _download(NAMED_PROJECTIONS[default])
+        if downloaded is not None:
+            return ResolvedProjections(downloaded, f"default {default}, download")
     return None
+
+
+def _download(named: NamedProjections) -> tuple[Path | None, str]:
+    """Fetch a named checkpoint into the cache when downloads are allowed: (path, "") or (None, why not).
+
+    Raises:
+        WeightsNotFoundError: The server answered with something that is not a torch checkpoint.
+    """
+    import urllib.error
+    import urllib.request
+
+    from normadd.backbone.weights import network_allowed, offline_requested
+
+    if offline_requested():
+        return None, "downloads are off (NORMADD_OFFLINE, HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set)"
+    mirror = os.environ.get(PROJECTIONS_URL_ENV, "").strip()
+    if not mirror and not network_allowed("github.com"):
+        return None, f"github.com did not answer (set {PROJECTIONS_URL_ENV} to a mirror)"
+    url = (mirror.rstrip("/") + "/" if mirror else APRIL_GAN_CHECKPOINTS_URL) + named.filename
+    try:
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+            data = response.read()
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        return None, f"{url} failed ({getattr(error, 'reason', error)})"
+    try:
+        torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception:  # any unpickling failure means "not a checkpoint"
+        raise WeightsNotFoundError(
+            f"{url} did not give a torch checkpoint ({len(data)} bytes): check {PROJECTIONS_URL_ENV} or put "
+            f"{named.filename} in {cache_dir('projections')} by hand"
+        ) from None
+    target = cache_dir("projections") / named.filename
+    atomic_write_bytes(target, data)
+    return target, ""
 
 
 class LayerProjections(nn.Module):
