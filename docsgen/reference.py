@@ -187,7 +187,7 @@ def openapi_schema() -> dict[str, Any]:
             line="bottle",
             line_config=LineConfig(class_name="bottle", backbone="tiny-random"),
             database=Path(folder) / "docs.db",
-            api_keys={"docs": "docs-only-secret"},
+            api_keys={"docs": {"secret": "docs-only-secret", "scopes": ["inspect"]}},
         )
         return create_app(settings).openapi()
 

@@ -1,6 +1,6 @@
 """Run the tutorial steps of ``docsgen/tutorials.yaml`` and record what they print and write.
 
-The pages show the recorded runs (:mod:`docsgen.hooks`); ``tests/integration/test_tutorials.py``
+The pages show the recorded runs (:mod:`docsgen.hooks`); ``tests/integration/test_docs.py``
 runs the same steps and checks them. A run is recorded under ``build/docs-tutorials/`` with a key
 (a hash of the steps, this runner and the ``normadd`` sources), so the docs build reuses a run of
 the same code (CI runs the tutorial test before ``mkdocs build``) and reruns when any of them changed.

@@ -83,7 +83,7 @@ def test_site_builds_with_strict_checks_from_the_recorded_tutorial_run(
     assert "running the tutorials" not in done.stderr  # it showed the run the tests just recorded
     tutorial = page_text(site / "tutorials" / "first-normality" / "index.html")
     assert "$ normadd inspect ../shared/data/mvtec_ad/bottle/test/broken_large/000.png" in tutorial
-    assert "wrote maps and scores.csv to normadd-out/first" in tutorial
+    assert "wrote maps, scores.csv and run.json (input -> output names) to normadd-out/first" in tutorial
     assert (site / "tutorials" / "generated" / "first-normality" / "000_after.png").is_file()
     cli = page_text(site / "reference" / "cli" / "index.html")
     assert "normadd normality add" in cli and "--strength" in cli
@@ -134,7 +134,7 @@ def test_home_tutorial_and_api_reference_render_in_chromium(site_url: str) -> No
         page.screenshot(path=str(ARTIFACTS / "docs_home.png"))
 
         page.goto(f"{site_url}/tutorials/first-normality/", wait_until="networkidle")
-        assert "wrote maps and scores.csv" in page.locator("article").inner_text()
+        assert "wrote maps, scores.csv and run.json" in page.locator("article").inner_text()
         pictures = page.locator("article .grid-figures img")
         assert pictures.count() == 6
         for index in range(pictures.count()):
