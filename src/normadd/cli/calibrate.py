@@ -22,7 +22,7 @@ from rich.table import Table
 
 from normadd.cli import options as opt
 from normadd.cli.common import admin_notice, console, friendly_errors, progress_bar, quiet_libraries, say
-from normadd.cli.line import DbOption, WhoOption, WhyOption, default_who, print_proposed
+from normadd.cli.line import DbOption, WhoOption, WhyOption, default_who, propose_change
 from normadd.errors import NormaddError
 from normadd.registry.store import DEFAULT_DATABASE
 
@@ -205,10 +205,7 @@ def register(app: typer.Typer) -> None:
                 if approvals.approval_required(registry, line):
                     summary = f"set threshold {calibration.threshold:.6g} ({calibration.method} on {good})"
                     payload = approvals.threshold_payload(record)
-                    change = approvals.propose(
-                        registry, line, "threshold.set", payload, summary, who or default_who(), reason
-                    )
-                    print_proposed(console, change)
+                    propose_change(console, registry, line, "threshold.set", payload, summary, who, reason)
                 else:
                     registry.set_threshold(line, record, who or default_who(), reason)
                     say("", f"stored threshold {calibration.threshold:.6g} on line '{line}' in {db}")

@@ -128,9 +128,7 @@ def register(app: typer.Typer) -> None:
             if approvals.approval_required(registry, name):
                 summary = "set " + ", ".join(f"{key}={value}" for key, value in changes.items())
                 payload = {"settings": changes}
-                print_proposed(
-                    out, approvals.propose(registry, name, "line.settings", payload, summary, who or default_who(), why)
-                )
+                propose_change(out, registry, name, "line.settings", payload, summary, who, why)
                 return
             registry.update_line_settings(name, changes, who or default_who(), why)
             out.print(inert(f"line '{name}': approval {mode}"), highlight=False)
@@ -186,9 +184,7 @@ def register(app: typer.Typer) -> None:
             if approvals.approval_required(registry, name):
                 summary = f"set threshold {threshold:g}"
                 payload = approvals.threshold_payload(record)
-                print_proposed(
-                    out, approvals.propose(registry, name, "threshold.set", payload, summary, who or default_who(), why)
-                )
+                propose_change(out, registry, name, "threshold.set", payload, summary, who, why)
                 return
             registry.set_threshold(name, record, who or default_who(), why)
             out.print(inert(f"line '{name}': threshold {threshold:g} (NG when a score is above it)"), highlight=False)
@@ -206,9 +202,7 @@ def register(app: typer.Typer) -> None:
             if approvals.approval_required(registry, name):
                 current = registry.threshold(name)
                 summary = "clear threshold" + (f" (now {current.value:g})" if current is not None else " (none set)")
-                print_proposed(
-                    out, approvals.propose(registry, name, "threshold.clear", {}, summary, who or default_who(), why)
-                )
+                propose_change(out, registry, name, "threshold.clear", {}, summary, who, why)
                 return
             previous = registry.clear_threshold(name, who or default_who(), why)
             was = "none" if previous is None else f"{previous.value:g}"
@@ -269,8 +263,7 @@ def register(app: typer.Typer) -> None:
                 phrases = ", ".join(record.phrases)
                 summary = f"{verb} normality '{record.name}' (strength {record.strength:g}{ending}): {phrases}"
                 payload = approvals.normality_payload(record)
-                change = approvals.propose(registry, line, "normality.add", payload, summary, who or default_who(), why)
-                print_proposed(out, change)
+                propose_change(out, registry, line, "normality.add", payload, summary, who, why)
                 return
             added = model.add(
                 registry, text, strength, who or default_who(), why, name, limits, state=state, until=ends
@@ -307,10 +300,7 @@ def register(app: typer.Typer) -> None:
         with Registry(db) as registry:
             if approvals.approval_required(registry, line):
                 summary, payload = f"activate normality '{name}'", {"name": name}
-                change = approvals.propose(
-                    registry, line, "normality.activate", payload, summary, who or default_who(), why
-                )
-                print_proposed(out, change)
+                propose_change(out, registry, line, "normality.activate", payload, summary, who, why)
                 return
             activated = registry.activate_normality(line, name, who or default_who(), why)
             ending = f" until {activated.until}" if activated.until else ""
@@ -392,8 +382,7 @@ def register(app: typer.Typer) -> None:
                 record = model.prepare_example(images, mask or None, strength, name)
                 summary = approvals.visual_summary(record)
                 payload = approvals.normality_payload(record)
-                change = approvals.propose(registry, line, "normality.add", payload, summary, who or default_who(), why)
-                print_proposed(out, change)
+                propose_change(out, registry, line, "normality.add", payload, summary, who, why)
                 return
             added = model.add_example(registry, images, mask or None, strength, who or default_who(), why, name)
             out.print(
@@ -426,17 +415,24 @@ def register(app: typer.Typer) -> None:
         with Registry(db) as registry:
             if approvals.approval_required(registry, line):
                 summary, payload = f"remove normality '{name}'", {"name": name}
-                change = approvals.propose(
-                    registry, line, "normality.remove", payload, summary, who or default_who(), why
-                )
-                print_proposed(out, change)
+                propose_change(out, registry, line, "normality.remove", payload, summary, who, why)
                 return
             removed = registry.remove_normality(line, name, who or default_who(), why)
             out.print(inert(f"removed normality '{removed.name}' from line '{line}'"), highlight=False)
 
 
-def print_proposed(out: Console, change: approvals.PendingChange) -> None:
-    """Say that a change on an approval line waits for another person, and how they approve it."""
+def propose_change(
+    out: Console,
+    registry: Registry,
+    line: str,
+    kind: str,
+    payload: dict[str, Any],
+    summary: str,
+    who: str | None,
+    why: str,
+) -> None:
+    """Propose a change on an approval line (who defaults to ``$USER``) and say how another person approves it."""
+    change = approvals.propose(registry, line, kind, payload, summary, who or default_who(), why)
     out.print(
         inert(
             f"line '{change.line}' needs approval: proposed change {change.id} ({change.summary}) "
