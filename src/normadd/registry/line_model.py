@@ -200,16 +200,22 @@ class LineModel:
         registry given, the first inspection after it marks it expired in the audit log.
         """
         with self._lock:
-            if registry is not None and registry.revision(self.line.name) != self.revision:
-                self._restore(registry)  # first: another process may have added one whose until has passed
+            # Read per batch, before the pass: a change committed by any process (another replica,
+            # the CLI) before this point applies to this batch. This is the staleness bound.
+            if registry is not None:
+                self._catch_up(registry)  # first: another process may have added one whose until has passed
             self._expire(registry)
             return self.addition.explain(images, keep_projected=keep_projected)
 
     def refresh(self, registry: Registry) -> None:
         """Pick up normality changes other processes made (without expiring anything: that is an inspection's)."""
         with self._lock:
-            if registry.revision(self.line.name) != self.revision:
-                self._restore(registry)
+            self._catch_up(registry)
+
+    def _catch_up(self, registry: Registry) -> None:
+        """Reload the normalities when another process (a replica, the CLI) changed them (lock held)."""
+        if registry.revision(self.line.name) != self.revision:
+            self._restore(registry)
 
     def _expire(self, registry: Registry | None) -> None:
         """Stop applying normalities whose ``until`` has passed (called with the lock held)."""
@@ -269,6 +275,7 @@ class LineModel:
             DecisionError: Bad limits (checked before anything is stored).
         """
         with self._lock:
+            self._catch_up(registry)  # the duplicate check below is against the registry's set, not a stale one
             normality, record = self._prepare(text, strength, name, limits, state, until)
             stored = registry.add_normality(self.line.name, record, who, why)
             if state == "active":
@@ -319,6 +326,7 @@ class LineModel:
             DuplicateNormalityError: Already active on this line.
         """
         with self._lock:
+            self._catch_up(registry)
             normality, record = self._prepare_example(images, masks, strength, name, source_names)
             stored = registry.add_normality(self.line.name, record, who, why)
             self.addition.normalities[normality.name] = normality

@@ -219,14 +219,17 @@ class Service:
         try:
             stored = self.registry.line(self.settings.line)
         except LineNotFoundError:
-            return create_line(
-                self.registry,
-                self.settings.line,
-                self.settings.line_config,
-                "normadd serve",
-                "line config",
-                self.runtime,
-            )
+            try:
+                return create_line(
+                    self.registry,
+                    self.settings.line,
+                    self.settings.line_config,
+                    "normadd serve",
+                    "line config",
+                    self.runtime,
+                )
+            except LineExistsError:  # another replica on this registry created it just now: use theirs
+                return None
         configured = line_record(self.settings.line, self.settings.line_config)
         configured.created_at = stored.created_at
         if configured != stored:
