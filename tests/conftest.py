@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,23 @@ def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[s
     from helpers.browser import launch_args
 
     return launch_args(browser_type_launch_args)
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[Any]:
+    """A throwaway PostgreSQL cluster for the session (tests/helpers/postgres.py); skips without one, fails in CI."""
+    from helpers.postgres import require_bin_dir, throwaway_cluster
+
+    with throwaway_cluster(require_bin_dir()) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster: Any) -> Iterator[str]:
+    """A fresh, empty database of the session's cluster, as a ``postgresql://`` URL; dropped afterwards."""
+    name = postgres_cluster.create_database()
+    yield postgres_cluster.url(name)
+    postgres_cluster.drop_database(name)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
