@@ -10,6 +10,7 @@ through B follows the add through A at once.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,19 +37,26 @@ class Replicas:
     b: ServeProcess
 
 
-def _database(request: pytest.FixtureRequest, folder: Path) -> str:
-    if request.param == "sqlite":
-        return str(folder / "normadd.db")
-    try:
-        return str(request.getfixturevalue("postgres_module_url"))
-    except pytest.FixtureLookupError:
-        pytest.skip("the PostgreSQL fixture (tests/helpers/postgres.py) is not on this branch yet")
-
-
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def replicas(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicas]:
-    folder = tmp_path_factory.mktemp(f"replicas-{request.param}")
-    database = _database(request, folder)
+def database(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The registry both replicas share: an SQLite file, or a fresh database of the session's PostgreSQL."""
+    if request.param == "sqlite":
+        yield str(tmp_path_factory.mktemp("replicas-sqlite") / "normadd.db")
+        return
+    if importlib.util.find_spec("normadd.registry.database") is None:
+        pytest.skip("the PostgreSQL registry backend (issue-13pg) is not on this branch yet")
+    cluster = request.getfixturevalue("postgres_cluster")  # tests/conftest.py: skips without PostgreSQL, fails in CI
+    name = cluster.create_database()
+    try:
+        yield cluster.url(name)
+    finally:
+        cluster.drop_database(name)
+
+
+@pytest.fixture(scope="module")
+def replicas(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicas]:
+    backend = "postgresql" if database.startswith("postgresql://") else "sqlite"
+    folder = tmp_path_factory.mktemp(f"replicas-{backend}")
     config = folder / "line.yaml"
     config.write_text(
         f"class_name: bottle\nbackbone: tiny-random\ndatabase: '{database}'\n"
@@ -67,7 +75,7 @@ def replicas(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     try:
         live_service.wait_healthy(a)
         live_service.wait_healthy(b)
-        yield Replicas(request.param, a, b)
+        yield Replicas(backend, a, b)
     except RuntimeError as error:
         pytest.fail(str(error))
     finally:
