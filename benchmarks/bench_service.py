@@ -1,24 +1,39 @@
-"""Bounded load on the REST service: requests/s, p50/p99 latency and errors under concurrency.
+"""Bounded load on the REST service: 1 replica on SQLite vs 2 replicas on one PostgreSQL.
 
-Starts ``normadd serve`` (tiny-random backbone, a fresh registry in a temporary folder) on a
-free port of 127.0.0.1, sends ``--requests`` inspections of one bottle image with
-``--concurrency`` in flight, and reads the forward-pass count from ``/healthz`` to show how
-many requests each micro-batched pass served. Only ever talks to 127.0.0.1.
+Each setup starts ``--replicas`` real ``normadd serve`` processes (tiny-random backbone by
+default, ``--backbone`` to change) on free ports of 127.0.0.1, all on one fresh registry: an
+SQLite file in a temporary folder, or a database of a throwaway PostgreSQL cluster that the
+script starts itself (``initdb`` + ``pg_ctl``, the recipe of ``tests/helpers/postgres.py``) and
+removes afterwards. The same load goes to every setup: ``--requests`` inspections of one bottle
+image with ``--concurrency`` in flight, sent to the replicas in turn, while ``--adds`` normality
+adds go through the replicas in turn during the load (so the other replicas reload their
+normalities mid-load, as in production). Every request must succeed (``errors`` must be 0).
+Torch threads per replica are the machine's cores split between the replicas, so a setup never
+uses more threads than there are cores. Only ever talks to 127.0.0.1.
 
-    python benchmarks/bench_service.py                          # 200 requests, 16 at once
-    python benchmarks/bench_service.py --requests 500 --maps    # also render the PNG maps
+With two or more replicas a second table times the cost that LISTEN/NOTIFY could save: the
+first inspection through replica B right after an add through replica A (B reloads its
+normalities inside that request) against the next one (nothing to reload), ``--probes`` times.
+
+    python -m benchmarks.bench_service                                  # sqlite:1 and postgresql:2
+    python -m benchmarks.bench_service --setups sqlite:1,sqlite:2       # no PostgreSQL needed
+    python -m benchmarks.bench_service --requests 500 --maps            # also render the PNG maps
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -26,7 +41,34 @@ import httpx
 from benchmarks.common import RESULTS, print_table, write_csv
 
 KEY = "bench-secret-key"
-BOTTLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "mvtec_ad" / "bottle" / "test" / "broken_large"
+LINE = "bottle"
+REPO = Path(__file__).resolve().parents[1]
+BOTTLE = REPO.parent / "shared" / "data" / "mvtec_ad" / "bottle" / "test" / "broken_large"
+sys.path.insert(0, str(REPO / "tests"))  # the throwaway-cluster recipe the tests use (tests/helpers/postgres.py)
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One row of the table: how many replicas on which registry backend."""
+
+    backend: str  # sqlite or postgresql
+    replicas: int
+
+    @property
+    def name(self) -> str:
+        """How the table names it."""
+        return f"{self.replicas} replica{'s' if self.replicas > 1 else ''}, {self.backend}"
+
+
+def parse_setups(text: str) -> list[Setup]:
+    """``sqlite:1,postgresql:2`` as setups."""
+    setups = []
+    for item in text.split(","):
+        backend, _, count = item.strip().partition(":")
+        if backend not in ("sqlite", "postgresql") or not count.isdigit() or int(count) < 1:
+            raise SystemExit(f"--setups: '{item}' is not BACKEND:REPLICAS (sqlite or postgresql, e.g. postgresql:2)")
+        setups.append(Setup(backend, int(count)))
+    return setups
 
 
 def free_port() -> int:
@@ -35,49 +77,89 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def start_server(folder: Path, port: int, batch_wait_ms: float) -> subprocess.Popen[bytes]:
+@contextlib.contextmanager
+def registry(backend: str, folder: Path) -> Iterator[str]:
+    """A fresh registry: an SQLite file in ``folder`` or a database of a throwaway PostgreSQL cluster."""
+    if backend == "sqlite":
+        yield str(folder / "normadd.db")
+        return
+    from helpers.postgres import find_bin_dir, throwaway_cluster
+
+    bin_dir = find_bin_dir()
+    if bin_dir is None:
+        raise SystemExit("PostgreSQL binaries not found (apt-get install -y postgresql), or run --setups sqlite:1")
+    with throwaway_cluster(bin_dir) as cluster:
+        yield cluster.url(cluster.create_database())
+
+
+def start_replica(
+    folder: Path, index: int, database: str, args: argparse.Namespace, threads: int
+) -> tuple[str, subprocess.Popen[bytes]]:
     config = folder / "line.yaml"
     config.write_text(
-        "class_name: bottle\nbackbone: tiny-random\nnormalities: [broken]\ndatabase: normadd.db\n"
-        f"service:\n  line: bottle\n  batch_wait_ms: {batch_wait_ms}\n  device: cpu\n"
+        f"class_name: bottle\nbackbone: {args.backbone}\ndatabase: '{database}'\n"
+        f"service:\n  line: {LINE}\n  batch_wait_ms: {args.batch_wait_ms}\n  device: cpu\n"
     )
-    env = {**os.environ, "NORMADD_API_KEYS": f"bench={KEY}", "NORMADD_CACHE_DIR": str(folder / "cache")}
+    env = {
+        **os.environ,
+        "NORMADD_API_KEYS": f"bench={KEY}",
+        "NORMADD_CACHE_DIR": str(folder / "cache"),
+        "OMP_NUM_THREADS": str(threads),
+    }
+    port = free_port()
     command = [sys.executable, "-m", "normadd", "serve", "--config", str(config), "--port", str(port)]
-    return subprocess.Popen(
-        [*command, "--log-level", "warning"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    log = (folder / f"replica-{index}.log").open("wb")
+    process = subprocess.Popen([*command, "--log-level", "warning"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    return f"http://127.0.0.1:{port}", process
 
 
-def wait_healthy(url: str, process: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
+def wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 180.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise SystemExit(
-                f"normadd serve exited: {process.stderr.read().decode()[-2000:] if process.stderr else ''}"
-            )
+            raise SystemExit(f"normadd serve exited:\n{log.read_text(errors='replace')[-2000:]}")
         try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
                 return
         except httpx.TransportError:
-            time.sleep(0.2)
-    raise SystemExit("normadd serve did not answer /healthz in time")
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"normadd serve at {url} did not answer /healthz in {timeout:.0f} s")
 
 
-async def load(url: str, image: bytes, requests: int, concurrency: int, maps: bool) -> tuple[list[float], int, float]:
+@dataclass
+class Load:
+    """What one run of the load measured."""
+
+    latencies: list[float]
+    errors: int
+    seconds: float
+    adds: int
+
+
+async def load(urls: list[str], image: bytes, args: argparse.Namespace, requests: int, adds: int, tag: str) -> Load:
+    """``requests`` inspections (``args.concurrency`` in flight) and ``adds`` adds, both over the replicas in turn."""
     latencies: list[float] = []
     errors = 0
-    gate = asyncio.Semaphore(concurrency)
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, headers={"X-API-Key": KEY}, timeout=120, limits=limits) as client:
+    gate = asyncio.Semaphore(args.concurrency)
+    limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
+    timeout = httpx.Timeout(300.0)
+    clients = [
+        httpx.AsyncClient(base_url=url, headers={"X-API-Key": KEY}, timeout=timeout, limits=limits) for url in urls
+    ]
+    every = max(1, requests // (adds + 1))  # an add after every `every` inspections have been sent
+    async with contextlib.AsyncExitStack() as stack:
+        for client in clients:
+            await stack.enter_async_context(client)
 
-        async def one() -> None:
+        async def inspect(index: int) -> None:
             nonlocal errors
             async with gate:
                 start = time.perf_counter()
                 try:
-                    response = await client.post(
-                        "/v1/lines/bottle/inspect",
-                        params={"maps": str(maps).lower()},
+                    response = await clients[index % len(clients)].post(
+                        f"/v1/lines/{LINE}/inspect",
+                        params={"maps": str(args.maps).lower()},
                         files=[("images", ("000.png", image, "image/png"))],
                     )
                     ok = response.status_code == 200
@@ -86,9 +168,45 @@ async def load(url: str, image: bytes, requests: int, concurrency: int, maps: bo
                 latencies.append(time.perf_counter() - start)
                 errors += not ok
 
+        async def add(index: int) -> None:
+            nonlocal errors
+            body = {"text": f"{tag} defect {index}", "strength": 0.5, "why": "bench_service"}
+            try:
+                response = await clients[index % len(clients)].post(f"/v1/lines/{LINE}/normalities", json=body)
+                errors += response.status_code != 201
+            except httpx.HTTPError:
+                errors += 1
+
+        tasks: list[asyncio.Task[None]] = []
         start = time.perf_counter()
-        await asyncio.gather(*(one() for _ in range(requests)))
-        return latencies, errors, time.perf_counter() - start
+        for index in range(requests):
+            tasks.append(asyncio.create_task(inspect(index)))
+            if (index + 1) % every == 0 and index // every < adds:
+                tasks.append(asyncio.create_task(add(index // every)))
+            await asyncio.sleep(0)
+        await asyncio.gather(*tasks)
+        return Load(latencies, errors, time.perf_counter() - start, min(adds, requests // every))
+
+
+def reload_probe(urls: list[str], image: bytes, probes: int) -> dict[str, float]:
+    """Median ms of the first inspection through B after an add through A, and of the one after it."""
+    first, next_ = [], []
+    with (
+        httpx.Client(base_url=urls[0], headers={"X-API-Key": KEY}, timeout=300) as a,
+        httpx.Client(base_url=urls[1], headers={"X-API-Key": KEY}, timeout=300) as b,
+    ):
+        files = [("images", ("000.png", image, "image/png"))]
+        for index in range(probes):
+            added = a.post(f"/v1/lines/{LINE}/normalities", json={"text": f"probe {index}", "strength": 0.5})
+            if added.status_code != 201:
+                raise SystemExit(f"probe add failed: {added.text}")
+            for times in (first, next_):
+                start = time.perf_counter()
+                response = b.post(f"/v1/lines/{LINE}/inspect", files=files)
+                times.append(time.perf_counter() - start)
+                if response.status_code != 200 or f"probe {index}" not in str(response.json()["normalities"]):
+                    raise SystemExit(f"replica B did not apply the add at once: {response.text[:500]}")
+    return {"first_after_add_ms": 1000 * statistics.median(first), "next_ms": 1000 * statistics.median(next_)}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -96,48 +214,99 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
+def run_setup(
+    setup: Setup, image: bytes, args: argparse.Namespace
+) -> tuple[dict[str, object], dict[str, object] | None]:
+    """Start the setup's replicas, warm them, load them; the row (and the reload probe's row)."""
+    threads = max(1, (os.cpu_count() or 1) // setup.replicas)
+    with tempfile.TemporaryDirectory() as temporary, registry(setup.backend, Path(temporary)) as database:
+        folder = Path(temporary)
+        started: list[tuple[str, subprocess.Popen[bytes]]] = []
+        try:
+            # the first replica creates the line; the others start once it is there
+            started.append(start_replica(folder, 0, database, args, threads))
+            wait_healthy(*started[0], folder / "replica-0.log")
+            for index in range(1, setup.replicas):
+                started.append(start_replica(folder, index, database, args, threads))
+            for index, (url, process) in enumerate(started):
+                wait_healthy(url, process, folder / f"replica-{index}.log")
+            urls = [url for url, _ in started]
+            asyncio.run(load(urls, image, args, 4 * setup.replicas, 0, "warm"))  # warm-up, not counted
+            load_average = os.getloadavg()[0]
+            measured = asyncio.run(load(urls, image, args, args.requests, args.adds, "load"))
+            probe = reload_probe(urls, image, args.probes) if setup.replicas > 1 else None
+        finally:
+            for _, process in started:
+                process.terminate()
+            for _, process in started:
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(timeout=30)
+    row: dict[str, object] = {
+        "setup": setup.name,
+        "replicas": setup.replicas,
+        "backend": setup.backend,
+        "backbone": args.backbone,
+        "maps": args.maps,
+        "requests": args.requests,
+        "adds": measured.adds,
+        "concurrency": args.concurrency,
+        "requests/s": f"{args.requests / measured.seconds:.1f}",
+        "p50_ms": f"{1000 * percentile(measured.latencies, 50):.0f}",
+        "p99_ms": f"{1000 * percentile(measured.latencies, 99):.0f}",
+        "errors": measured.errors,
+        "threads/replica": threads,
+        "cpu_cores": os.cpu_count(),
+        "load_avg_1m": f"{load_average:.1f}",  # other work on the machine inflates the latencies
+    }
+    reload_row = None
+    if probe is not None:
+        reload_row = {
+            "setup": setup.name,
+            "probes": args.probes,
+            "first_inspection_after_add_ms": f"{probe['first_after_add_ms']:.0f}",
+            "next_inspection_ms": f"{probe['next_ms']:.0f}",
+            "load_avg_1m": f"{os.getloadavg()[0]:.1f}",
+        }
+    return row, reload_row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--setups", type=parse_setups, default=parse_setups("sqlite:1,postgresql:2"))
     parser.add_argument("--requests", type=int, default=200)
-    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--adds", type=int, default=4, help="normality adds during the load")
+    parser.add_argument("--probes", type=int, default=5, help="add-then-inspect probes (2+ replicas)")
     parser.add_argument("--batch-wait-ms", type=float, default=5.0)
+    parser.add_argument("--backbone", default="tiny-random")
     parser.add_argument("--image", type=Path, default=BOTTLE / "000.png")
     parser.add_argument("--maps", action="store_true", help="ask for the PNG maps too")
     args = parser.parse_args()
     image = args.image.read_bytes()
-    load_average = os.getloadavg()[0]
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    with tempfile.TemporaryDirectory() as folder:
-        server = start_server(Path(folder), port, args.batch_wait_ms)
-        try:
-            wait_healthy(url, server)
-            asyncio.run(load(url, image, 4, 4, args.maps))  # warm-up, not counted
-            before = httpx.get(f"{url}/healthz").json()
-            latencies, errors, seconds = asyncio.run(load(url, image, args.requests, args.concurrency, args.maps))
-            after = httpx.get(f"{url}/healthz").json()
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
-    passes = after["forward_passes"] - before["forward_passes"]
-    row = {
-        "backbone": "tiny-random",
-        "image": f"{args.image.name} ({len(image) // 1024} KiB)",
-        "maps": args.maps,
-        "requests": args.requests,
-        "concurrency": args.concurrency,
-        "requests/s": f"{args.requests / seconds:.1f}",
-        "p50_ms": f"{1000 * percentile(latencies, 50):.0f}",
-        "p99_ms": f"{1000 * percentile(latencies, 99):.0f}",
-        "errors": errors,
-        "forward_passes": passes,
-        "images/pass": f"{(after['images_inspected'] - before['images_inspected']) / max(passes, 1):.1f}",
-        "cpu_cores": os.cpu_count(),
-        "load_avg_1m": f"{load_average:.1f}",  # other work on the machine inflates the latencies
-    }
-    print_table([row])
+    rows, reload_rows = [], []
+    for setup in args.setups:
+        row, reload_row = run_setup(setup, image, args)
+        rows.append(row)
+        if reload_row is not None:
+            reload_rows.append(reload_row)
+    print_table(rows)
     suffix = "_maps" if args.maps else ""
-    write_csv([row], RESULTS / f"bench_service{suffix}.csv")
+    write_csv(rows, RESULTS / f"bench_service{suffix}.csv")
+    if reload_rows:
+        print()
+        print_table(reload_rows)
+        write_csv(reload_rows, RESULTS / f"bench_service_reload{suffix}.csv")
+
+    # --- Ray batch scoring vs local, images/s (issue 13, item 4) ---------------------------------
+    # Not measured here: benchmarks/bench_ray.py (written with the Ray runner) measures
+    # `normadd inspect ... --ray` against the local run. Whoever merges both wires its rows in at
+    # this point (same table style, written to benchmarks/results/bench_ray.csv).
+    # ----------------------------------------------------------------------------------------------
+
+    errors = sum(int(str(row["errors"])) for row in rows)
     if errors:
         raise SystemExit(f"{errors} request(s) failed")
 
