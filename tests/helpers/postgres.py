@@ -123,7 +123,7 @@ def throwaway_cluster(bin_dir: Path) -> Iterator[Cluster]:
         )
         (data / "pg_hba.conf").write_text(HBA)
         port = free_port()
-        options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=on"
+        options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off"
         _run([str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options, "-w", "start"], "pg_ctl start")
         started = True
         yield Cluster(bin_dir, root, port)

@@ -1,13 +1,15 @@
-"""Two-person approval in the registry: a change applies only when someone else approves it in time."""
+"""Two-person approval in the registry: a change applies only when someone else approves it in time.
+
+The ``registry`` fixture runs every test on SQLite and on PostgreSQL.
+"""
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
+from helpers.registry_backends import raw_rows
 from normadd.decisions import DecisionError
 from normadd.registry import approvals
 from normadd.registry.approvals import ChangeNotFoundError, ChangeNotPendingError, SelfApprovalError
@@ -31,8 +33,8 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def registry(tmp_path: Path, clock: FakeClock) -> Registry:
-    store = Registry(tmp_path / "r.db", clock=clock)
+def registry(registry_location: str, clock: FakeClock) -> Registry:
+    store = Registry(registry_location, clock=clock)
     settings = {"approval": "required", "approval_expires_hours": 8}
     store.create_line(LineRecord("line-1", "bottle", backbone="tiny-random", settings=settings), "admin")
     return store
@@ -114,8 +116,8 @@ def test_removal_goes_through_approval_too_and_unknown_ids_are_named(registry: R
 
 def test_a_payload_altered_in_the_database_cannot_be_approved(registry: Registry) -> None:
     change = _propose_scratch(registry)
-    with sqlite3.connect(registry.path) as db:
-        db.execute("UPDATE pending_changes SET payload = replace(payload, '0.5', '1.0') WHERE id = ?", (change.id,))
+    altered = "UPDATE pending_changes SET payload = replace(payload, '0.5', '1.0') WHERE id = ?"
+    raw_rows(registry.location, altered, change.id)
     with pytest.raises(Exception, match="altered after it was proposed"):
         approvals.approve(registry, change.id, "bob")
     assert registry.normalities("line-1") == []

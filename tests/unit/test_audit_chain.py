@@ -1,4 +1,7 @@
-"""The audit log is hash-chained: editing any field of any row, or deleting a row, is found at that row."""
+"""The audit log is hash-chained: editing any field of any row, or deleting a row, is found at that row.
+
+Every test that takes ``registry_location`` runs on SQLite and on PostgreSQL.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from helpers.registry_backends import raw_rows, refused_error, tamper
 from normadd.registry.audit_chain import GENESIS, row_hash, verify_rows
 from normadd.registry.schema import MIGRATIONS
 from normadd.registry.store import InspectionRecord, LineRecord, NormalityRecord, Registry
 
 
-def _filled(path: Path) -> Registry:
-    registry = Registry(path)
+def _filled(location: str) -> Registry:
+    registry = Registry(location)
     registry.create_line(LineRecord("line-1", "bottle", backbone="tiny-random"), "alice", "new line")
     registry.add_normality("line-1", NormalityRecord("scratch", "scratch", 0.5, ["scratched bottle"]), "alice", "ok")
     inspections = [InspectionRecord(f"{i:064x}", 0.9, 0.4, [], f"{i}.png") for i in range(3)]
@@ -24,16 +28,8 @@ def _filled(path: Path) -> Registry:
     return registry
 
 
-def _tamper(path: Path, statement: str, *values: object) -> None:
-    """What someone with the database file can do: drop the append-only triggers and write."""
-    with sqlite3.connect(path) as db:
-        db.execute("DROP TRIGGER IF EXISTS audit_log_no_update")
-        db.execute("DROP TRIGGER IF EXISTS audit_log_no_delete")
-        db.execute(statement, values)
-
-
-def test_every_row_links_to_the_one_before_and_the_chain_verifies(tmp_path: Path) -> None:
-    with _filled(tmp_path / "r.db") as registry:
+def test_every_row_links_to_the_one_before_and_the_chain_verifies(registry_location: str) -> None:
+    with _filled(registry_location) as registry:
         rows = list(registry.audit_rows())
         report = registry.verify_audit_chain()
     assert [r["id"] for r in rows] == [1, 2, 3, 4, 5, 6]
@@ -44,8 +40,8 @@ def test_every_row_links_to_the_one_before_and_the_chain_verifies(tmp_path: Path
 
 @pytest.mark.parametrize("field", ["at", "line", "action", "who", "why", "details", "prev_hash", "row_hash", "id"])
 @pytest.mark.parametrize("row_id", [1, 4, 6])
-def test_editing_any_field_of_any_row_is_found_at_that_row(tmp_path: Path, field: str, row_id: int) -> None:
-    path = tmp_path / "r.db"
+def test_editing_any_field_of_any_row_is_found_at_that_row(registry_location: str, field: str, row_id: int) -> None:
+    path = registry_location
     _filled(path).close()
     value: object = {
         "details": json.dumps({"score_before": 0.1}),
@@ -53,39 +49,37 @@ def test_editing_any_field_of_any_row_is_found_at_that_row(tmp_path: Path, field
         "row_hash": "e" * 64,
         "id": 100 + row_id,
     }.get(field, "edited")
-    _tamper(path, f"UPDATE audit_log SET {field} = ? WHERE id = ?", value, row_id)
+    tamper(path, f"UPDATE audit_log SET {field} = ? WHERE id = ?", value, row_id)
     with Registry(path) as registry:
         finding = registry.verify_audit_chain().finding
     assert finding is not None and finding.row_id == row_id, finding
 
 
 @pytest.mark.parametrize("row_id", [1, 3, 6])
-def test_deleting_a_row_is_found_even_the_newest(tmp_path: Path, row_id: int) -> None:
-    path = tmp_path / "r.db"
+def test_deleting_a_row_is_found_even_the_newest(registry_location: str, row_id: int) -> None:
+    path = registry_location
     _filled(path).close()
-    _tamper(path, "DELETE FROM audit_log WHERE id = ?", row_id)
+    tamper(path, "DELETE FROM audit_log WHERE id = ?", row_id)
     with Registry(path) as registry:
         finding = registry.verify_audit_chain().finding
     assert finding is not None and finding.row_id == row_id and "deleted" in finding.problem, finding
 
 
-def test_a_row_rewritten_with_a_fresh_hash_breaks_the_next_link(tmp_path: Path) -> None:
-    path = tmp_path / "r.db"
+def test_a_row_rewritten_with_a_fresh_hash_breaks_the_next_link(registry_location: str) -> None:
+    path = registry_location
     _filled(path).close()
-    with sqlite3.connect(path) as db:
-        db.row_factory = sqlite3.Row
-        row = dict(db.execute("SELECT * FROM audit_log WHERE id = 3").fetchone())
+    [row] = raw_rows(path, "SELECT * FROM audit_log WHERE id = 3")
     row["who"] = "mallory"
-    _tamper(path, "UPDATE audit_log SET who = ?, row_hash = ? WHERE id = 3", "mallory", row_hash(row, row["prev_hash"]))
+    tamper(path, "UPDATE audit_log SET who = ?, row_hash = ? WHERE id = 3", "mallory", row_hash(row, row["prev_hash"]))
     with Registry(path) as registry:
         finding = registry.verify_audit_chain().finding
     assert finding is not None and finding.row_id == 4 and "does not link to row 3" in finding.problem
 
 
-def test_rows_written_after_a_deletion_still_show_the_gap(tmp_path: Path) -> None:
-    path = tmp_path / "r.db"
+def test_rows_written_after_a_deletion_still_show_the_gap(registry_location: str) -> None:
+    path = registry_location
     _filled(path).close()
-    _tamper(path, "DELETE FROM audit_log WHERE id = 6")
+    tamper(path, "DELETE FROM audit_log WHERE id = 6")
     with Registry(path) as registry:
         registry.record("line-1", "note", "alice")
         finding = registry.verify_audit_chain().finding
@@ -95,7 +89,7 @@ def test_rows_written_after_a_deletion_still_show_the_gap(tmp_path: Path) -> Non
 def test_a_database_from_before_the_chain_gets_its_rows_chained_on_opening(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     with sqlite3.connect(path, isolation_level=None) as db:
-        db.executescript(str(MIGRATIONS[0]))
+        db.executescript(MIGRATIONS[0].sqlite)  # type: ignore[union-attr]
         db.execute("PRAGMA user_version = 1")
         for i in range(1, 4):
             db.execute(
@@ -121,3 +115,16 @@ def test_verify_rows_checks_an_exported_list_too() -> None:
     assert verify_rows(rows).ok
     rows[1]["details"] = {"i": 20}
     assert verify_rows(rows).finding.row_id == 2  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("statement", ["UPDATE audit_log SET who = 'x'", "DELETE FROM audit_log", "TRUNCATE audit_log"])
+def test_the_database_itself_refuses_to_change_audit_rows(registry_location: str, statement: str) -> None:
+    """Outside normadd too: a plain client of the database cannot change, delete or (PostgreSQL) truncate rows."""
+    if statement.startswith("TRUNCATE") and not registry_location.startswith("postgresql"):
+        pytest.skip("SQLite has no TRUNCATE (DELETE covers it)")
+    _filled(registry_location).close()
+    with pytest.raises(refused_error(registry_location), match="append-only"):
+        raw_rows(registry_location, statement)
+    with Registry(registry_location) as registry:
+        report = registry.verify_audit_chain()
+    assert report.ok and report.rows == 6

@@ -1,9 +1,11 @@
-"""Staged and expiring normalities in the registry: every state change is audited, bad input changes nothing."""
+"""Staged and expiring normalities in the registry: every state change is audited, bad input changes nothing.
+
+The ``registry`` fixture runs every test on SQLite and on PostgreSQL.
+"""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
@@ -31,8 +33,8 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def registry(tmp_path: Path, clock: FakeClock) -> Registry:
-    store = Registry(tmp_path / "registry.db", clock=clock)
+def registry(registry_location: str, clock: FakeClock) -> Registry:
+    store = Registry(registry_location, clock=clock)
     store.create_line(LineRecord("line-1", "bottle", backbone="tiny-random"), "alice")
     return store
 

@@ -1,4 +1,7 @@
-"""The registry keeps lines, active normalities and an append-only audit log in one SQLite file."""
+"""The registry keeps lines, active normalities and an append-only audit log, in SQLite or PostgreSQL.
+
+Every test that takes ``registry`` or ``registry_location`` runs on both backends.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers.registry_backends import raw_rows, refused_error
 from normadd.errors import NormaddError
 from normadd.registry.errors import (
     DuplicateNormalityError,
@@ -20,8 +24,8 @@ from normadd.registry.store import InspectionRecord, LineRecord, NormalityRecord
 
 
 @pytest.fixture
-def registry(tmp_path: Path) -> Registry:
-    store = Registry(tmp_path / "registry.db")
+def registry(registry_location: str) -> Registry:
+    store = Registry(registry_location)
     store.create_line(LineRecord("line-1", "bottle", backbone="tiny-random"), "alice", "new line")
     return store
 
@@ -36,10 +40,16 @@ def test_a_new_database_is_at_the_latest_schema_version_in_wal_mode(tmp_path: Pa
         assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+def test_a_new_postgresql_database_is_at_the_latest_schema_version(postgres_url: str) -> None:
+    with Registry(postgres_url) as store:
+        assert (store.dialect, store._db.schema_version()) == ("postgresql", SCHEMA_VERSION)
+    assert raw_rows(postgres_url, "SELECT version FROM normadd_schema") == [{"version": SCHEMA_VERSION}]
+
+
 def test_reopening_a_database_keeps_its_content(registry: Registry) -> None:
     registry.add_normality("line-1", _scratch(), "alice", "accepted by the customer")
     registry.close()
-    with Registry(registry.path) as reopened:
+    with Registry(registry.location) as reopened:
         assert [n.name for n in reopened.normalities("line-1")] == ["scratch"]
         assert reopened.normalities("line-1")[0].embedding == b"\x00" * 16
 
@@ -49,6 +59,15 @@ def test_a_database_from_a_newer_normadd_is_refused(tmp_path: Path) -> None:
     sqlite3.connect(path).execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     with pytest.raises(SchemaVersionError, match="upgrade normadd"):
         Registry(path)
+
+
+def test_a_postgresql_database_from_a_newer_normadd_is_refused_in_one_line(postgres_url: str) -> None:
+    Registry(postgres_url).close()
+    raw_rows(postgres_url, "UPDATE normadd_schema SET version = ?", SCHEMA_VERSION + 1)
+    with pytest.raises(SchemaVersionError, match="upgrade normadd") as raised:
+        Registry(postgres_url)
+    message = str(raised.value)
+    assert f"schema version {SCHEMA_VERSION + 1}" in message and postgres_url in message and "\n" not in message
 
 
 def test_a_file_that_is_not_a_database_is_one_clear_error(tmp_path: Path) -> None:
@@ -82,7 +101,7 @@ def test_inspections_are_audited_with_image_hash_scores_and_normalities(registry
 
 @pytest.mark.parametrize("statement", ["UPDATE audit_log SET who = 'mallory'", "DELETE FROM audit_log"])
 def test_the_audit_log_cannot_be_changed_or_deleted(registry: Registry, statement: str) -> None:
-    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+    with pytest.raises(refused_error(registry.location), match="append-only"):
         registry._db.execute(statement)
     assert [e.who for e in registry.audit()] == ["alice"]
 
@@ -118,7 +137,7 @@ def test_a_write_that_fails_midway_leaves_nothing_behind(registry: Registry, mon
 
 
 def test_strength_outside_0_1_is_refused_by_the_schema(registry: Registry) -> None:
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(refused_error(registry.location), match=r"(?i)check constraint"):
         registry.add_normality("line-1", _scratch(2.0), "alice")
     assert registry.normalities("line-1") == []
 
@@ -134,8 +153,8 @@ def test_an_older_database_gets_the_new_migrations_once_and_keeps_its_data(
     monkeypatch.setattr(schema, "MIGRATIONS", (*schema.MIGRATIONS, added))
     monkeypatch.setattr(schema, "SCHEMA_VERSION", len(schema.MIGRATIONS))
     for _ in range(2):  # the second open finds nothing left to do
-        with Registry(registry.path) as upgraded:
-            assert upgraded._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
+        with Registry(registry.location) as upgraded:
+            assert upgraded._db.schema_version() == SCHEMA_VERSION + 1
             assert upgraded._db.execute("SELECT site FROM lines").fetchone()[0] == "plant-1"
             assert [row[0] for row in upgraded._db.execute("SELECT name FROM normalities")] == ["scratch"]
 
@@ -146,12 +165,13 @@ def _old_registry(path: Path, version: int) -> sqlite3.Connection:
     The store's own writes need today's columns (e.g. the audit chain's), so the old rows are
     written as the old code wrote them.
     """
-    from normadd.registry.schema import MIGRATIONS
+    from normadd.registry.schema import MIGRATIONS, Dialects
 
     db = sqlite3.connect(path, isolation_level=None)
     for migration in MIGRATIONS[:version]:
-        assert isinstance(migration, str), "the old schemas are plain SQL"
-        db.executescript(migration)
+        sql = migration.sqlite if isinstance(migration, Dialects) else migration
+        assert isinstance(sql, str), "the old schemas are plain SQL"
+        db.executescript(sql)
     db.execute(f"PRAGMA user_version = {version}")
     db.execute(
         "INSERT INTO lines (name, class_name, detector, backbone, phrase_generator, created_at) "
@@ -220,10 +240,45 @@ def test_a_visual_normality_is_stored_with_its_memory_and_audited_by_its_hashes(
     )
     registry.add_normality("line-1", visual, "bob", "customer accepts scuffs")
     registry.close()
-    with Registry(registry.path) as reopened:
+    with Registry(registry.location) as reopened:
         (stored,) = reopened.normalities("line-1")
         assert (stored.kind, stored.memory, stored.sources) == ("visual", b"\x01\x02", sources)
         reopened.remove_normality("line-1", "example:scuff", "bob")
         removed, added = reopened.audit("line-1", limit=2)
     assert added.details["kind"] == "visual" and added.details["sources"] == sources
     assert removed.details["sources"] == sources
+
+
+def test_concurrent_writers_on_separate_connections_keep_one_chain_and_one_winner(registry: Registry) -> None:
+    """Several processes (here: connections in threads) write at once: one add of a name wins, the
+    others get the "already exists" error, and every audit row lands in one valid chain."""
+    import threading
+
+    registry.close()
+    writers = [Registry(registry.location) for _ in range(4)]
+    outcomes: list[str] = []
+    start = threading.Barrier(len(writers))
+
+    def write(store: Registry, index: int) -> None:
+        start.wait()
+        for n in range(5):
+            store.record_inspections("line-1", [InspectionRecord(f"{index:032x}{n:032x}", 0.9, 0.1, [])], f"s{index}")
+        try:
+            store.add_normality("line-1", _scratch(), f"station-{index}")
+            outcomes.append("added")
+        except DuplicateNormalityError:
+            outcomes.append("duplicate")
+
+    threads = [threading.Thread(target=write, args=(store, i)) for i, store in enumerate(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    for store in writers:
+        store.close()
+    with Registry(registry.location) as reopened:
+        report = reopened.verify_audit_chain()
+        inspected = reopened.audit("line-1", limit=100, action="inspect")
+    assert sorted(outcomes) == ["added", "duplicate", "duplicate", "duplicate"]
+    assert report.ok and report.rows == 1 + 4 * 5 + 1, report
+    assert len(inspected) == 20

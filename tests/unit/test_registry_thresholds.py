@@ -1,4 +1,7 @@
-"""The registry keeps one threshold per line, with who/when/why, and migrates older databases."""
+"""The registry keeps one threshold per line, with who/when/why, and migrates older databases.
+
+The ``registry`` fixture runs those tests on SQLite and on PostgreSQL.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +11,15 @@ from pathlib import Path
 import pytest
 
 from normadd.decisions import DecisionError
+from normadd.registry.database import _split_sqlite_statements
 from normadd.registry.errors import LineNotFoundError
-from normadd.registry.schema import MIGRATIONS, SCHEMA_VERSION, _split_statements
+from normadd.registry.schema import MIGRATIONS, SCHEMA_VERSION
 from normadd.registry.store import LineRecord, NormalityRecord, Registry, ThresholdRecord
 
 
 @pytest.fixture
-def registry(tmp_path: Path) -> Registry:
-    store = Registry(tmp_path / "registry.db")
+def registry(registry_location: str) -> Registry:
+    store = Registry(registry_location)
     store.create_line(LineRecord("line-1", "bottle", backbone="tiny-random"), "alice", "new line")
     return store
 
@@ -79,7 +83,7 @@ def test_normality_limits_are_stored_and_logged(registry: Registry) -> None:
 def test_a_version_1_database_is_migrated_and_keeps_its_lines(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     db = sqlite3.connect(path)
-    for statement in _split_statements(MIGRATIONS[0]):
+    for statement in _split_sqlite_statements(MIGRATIONS[0].sqlite):  # type: ignore[union-attr]
         if statement.strip(" ;\n"):
             db.execute(statement)
     db.execute(

@@ -21,9 +21,15 @@ from normadd.registry.store import LineRecord, Registry
 IDENTITY = "tiny-random|test"
 
 
-def _store(tmp_path: Path, images: int = 3, precision: str = "float16") -> RetentionStore:
-    registry = Registry(tmp_path / "normadd.db")
-    retain = {"images": images, "features": precision}
+@pytest.fixture
+def location(registry_location: str) -> str:
+    """Every test here runs on SQLite and on PostgreSQL (the index); the files go to ``tmp_path``."""
+    return registry_location
+
+
+def _store(tmp_path: Path, location: str, images: int = 3) -> RetentionStore:
+    registry = Registry(location, retained_dir=tmp_path / "retained")
+    retain = {"images": images, "features": "float16"}
     registry.create_line(LineRecord("line-1", "bottle", settings={"retain": retain}), "alice")
     return RetentionStore.for_line(registry, "line-1")
 
@@ -39,8 +45,8 @@ def _keep(store: RetentionStore, *names: str) -> list[str]:
     return store.retain(items, [_features(i) for i in range(len(names))], IDENTITY)
 
 
-def test_the_oldest_images_are_evicted_past_the_limit(tmp_path: Path) -> None:
-    store = _store(tmp_path, images=3)
+def test_the_oldest_images_are_evicted_past_the_limit(tmp_path: Path, location: str) -> None:
+    store = _store(tmp_path, images=3, location=location)
     evicted = _keep(store, "a", "b")[0]
     _keep(store, "c", "d")
     assert [item.filename for item in store.recent()] == ["d.png", "c.png", "b.png"]
@@ -48,8 +54,8 @@ def test_the_oldest_images_are_evicted_past_the_limit(tmp_path: Path) -> None:
     assert len(list(store.folder.iterdir())) == 6  # 3 images + 3 feature files
 
 
-def test_a_repeated_image_is_stored_once_and_becomes_the_newest(tmp_path: Path) -> None:
-    store = _store(tmp_path, images=3)
+def test_a_repeated_image_is_stored_once_and_becomes_the_newest(tmp_path: Path, location: str) -> None:
+    store = _store(tmp_path, images=3, location=location)
     first = _keep(store, "a", "b", "c")
     _keep(store, "a")
     assert [item.filename for item in store.recent()] == ["a.png", "c.png", "b.png"]
@@ -59,16 +65,16 @@ def test_a_repeated_image_is_stored_once_and_becomes_the_newest(tmp_path: Path) 
     assert [item.filename for item in store.recent()] == ["d.png", "a.png", "c.png"]  # b was the oldest
 
 
-def test_disk_use_is_what_is_on_disk(tmp_path: Path) -> None:
-    store = _store(tmp_path)
+def test_disk_use_is_what_is_on_disk(tmp_path: Path, location: str) -> None:
+    store = _store(tmp_path, location=location)
     _keep(store, "a", "b")
     usage = store.usage()
     on_disk = sum(path.stat().st_size for path in store.folder.iterdir())
     assert usage.images == 2 and usage.total_bytes == on_disk
 
 
-def test_an_image_that_no_longer_matches_its_hash_is_refused(tmp_path: Path) -> None:
-    store = _store(tmp_path)
+def test_an_image_that_no_longer_matches_its_hash_is_refused(tmp_path: Path, location: str) -> None:
+    store = _store(tmp_path, location=location)
     _keep(store, "a")
     item = store.recent()[0]
     assert store.read_image(item) == b"image a"
@@ -77,8 +83,8 @@ def test_an_image_that_no_longer_matches_its_hash_is_refused(tmp_path: Path) -> 
         store.read_image(item)
 
 
-def test_features_that_no_longer_match_their_hash_are_refused(tmp_path: Path) -> None:
-    store = _store(tmp_path)
+def test_features_that_no_longer_match_their_hash_are_refused(tmp_path: Path, location: str) -> None:
+    store = _store(tmp_path, location=location)
     _keep(store, "a")
     item = store.recent()[0]
     assert store.read_features(item, IDENTITY) is not None
@@ -90,8 +96,8 @@ def test_features_that_no_longer_match_their_hash_are_refused(tmp_path: Path) ->
         store.read_features(item, IDENTITY)
 
 
-def test_features_of_another_model_are_not_read(tmp_path: Path) -> None:
-    store = _store(tmp_path)
+def test_features_of_another_model_are_not_read(tmp_path: Path, location: str) -> None:
+    store = _store(tmp_path, location=location)
     _keep(store, "a")
     assert store.read_features(store.recent()[0], "ViT-L-14-336|other") is None
 
@@ -107,8 +113,8 @@ def test_stored_features_come_back_at_their_precision(precision: str, tolerance:
         assert (stored - unit).abs().max() <= tolerance
 
 
-def test_a_line_without_retain_keeps_nothing(tmp_path: Path) -> None:
-    registry = Registry(tmp_path / "normadd.db")
+def test_a_line_without_retain_keeps_nothing(tmp_path: Path, location: str) -> None:
+    registry = Registry(location, retained_dir=tmp_path / "retained")
     registry.create_line(LineRecord("line-1", "bottle"), "alice")
     store = RetentionStore.for_line(registry, "line-1")
     assert store.retain([(b"x", "x.png")], [None], IDENTITY) == []

@@ -13,12 +13,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import sqlite3
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from normadd.registry.database import Database
 from normadd.registry.errors import (
     DuplicateNormalityError,
     NormalityNotFoundError,
@@ -199,10 +199,10 @@ def propose(
     with registry.transaction() as db:
         cursor = db.execute(
             "INSERT INTO pending_changes (line, kind, payload, summary, why, proposed_by, proposed_at, expires_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
             (line, kind, text, summary, why or "", who, _iso(now), _iso(now + timedelta(hours=hours))),
         )
-        change_id = int(cursor.lastrowid or 0)
+        change_id = int(cursor.fetchone()[0])
         details = {
             "change_id": change_id,
             "kind": kind,
@@ -316,7 +316,7 @@ def _check_applies(registry: Registry, line: str, kind: str, payload: dict[str, 
         raise RegistryError(f"line '{line}' has no threshold: there is nothing to clear")
 
 
-def _check_unaltered(db: sqlite3.Connection, change_id: int, payload: str) -> None:
+def _check_unaltered(db: Database, change_id: int, payload: str) -> None:
     """The payload is still what the (hash-chained) proposal row recorded."""
     for (details,) in db.execute(
         "SELECT details FROM audit_log WHERE action = 'change.propose' AND line = "
@@ -331,7 +331,7 @@ def _check_unaltered(db: sqlite3.Connection, change_id: int, payload: str) -> No
     raise RegistryError(f"change {change_id} has no proposal in the audit log: it cannot be approved")
 
 
-def _decide(registry: Registry, db: sqlite3.Connection, change: PendingChange, status: str, who: str, why: str) -> None:
+def _decide(registry: Registry, db: Database, change: PendingChange, status: str, who: str, why: str) -> None:
     db.execute(
         "UPDATE pending_changes SET status = ?, decided_by = ?, decided_at = ?, decision_why = ? WHERE id = ?",
         (status, who, registry.now(), why or "", change.id),
@@ -347,7 +347,7 @@ def _decide(registry: Registry, db: sqlite3.Connection, change: PendingChange, s
     registry.record(change.line, action, who, why, details)
 
 
-def _pending(db: sqlite3.Connection, change_id: int, line: str | None, now: str) -> PendingChange:
+def _pending(db: Database, change_id: int, line: str | None, now: str) -> PendingChange:
     change = _load(db, change_id)
     if change.status == "pending" and change.expires_at <= now:  # expired since expire_due ran
         change.status = "expired"
@@ -359,14 +359,14 @@ def _pending(db: sqlite3.Connection, change_id: int, line: str | None, now: str)
     return change
 
 
-def _load(db: sqlite3.Connection, change_id: int) -> PendingChange:
+def _load(db: Database, change_id: int) -> PendingChange:
     row = db.execute("SELECT * FROM pending_changes WHERE id = ?", (change_id,)).fetchone()
     if row is None:
         raise ChangeNotFoundError(f"no change {change_id} in the registry: list them with `normadd change list`")
     return _change(row)
 
 
-def _change(row: sqlite3.Row) -> PendingChange:
+def _change(row: Any) -> PendingChange:
     return PendingChange(**{**dict(row), "payload": json.loads(row["payload"])})
 
 

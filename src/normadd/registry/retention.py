@@ -27,6 +27,8 @@ from normadd.config import RetentionSettings
 from normadd.errors import NormaddError
 from normadd.registry.store import Registry, _now
 
+NO_LIMIT = 2**62  # "LIMIT ?" with no limit: SQLite's -1 is an error on PostgreSQL
+
 if TYPE_CHECKING:
     from torch import Tensor
 
@@ -152,7 +154,7 @@ class RetentionStore:
         self.line = line
         self.settings = settings
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", line)[:40]
-        self.folder = registry.path.with_name(registry.path.name + ".retained") / f"{slug}-{_sha256(line.encode())[:8]}"
+        self.folder = registry.retained_root / f"{slug}-{_sha256(line.encode())[:8]}"
 
     @classmethod
     def for_line(cls, registry: Registry, line: str) -> RetentionStore:
@@ -218,10 +220,10 @@ class RetentionStore:
                     "features_bytes, features_identity, seen_at, seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                     "ON CONFLICT (line, sha256) DO UPDATE SET filename = excluded.filename, "
                     "seen_at = excluded.seen_at, seen = excluded.seen, "
-                    "features_sha256 = COALESCE(excluded.features_sha256, features_sha256), "
-                    "features_bytes = CASE WHEN excluded.features_sha256 IS NULL THEN features_bytes "
+                    "features_sha256 = COALESCE(excluded.features_sha256, retained_images.features_sha256), "
+                    "features_bytes = CASE WHEN excluded.features_sha256 IS NULL THEN retained_images.features_bytes "
                     "ELSE excluded.features_bytes END, "
-                    "features_identity = COALESCE(excluded.features_identity, features_identity)",
+                    "features_identity = COALESCE(excluded.features_identity, retained_images.features_identity)",
                     (
                         self.line,
                         sha,
@@ -236,8 +238,8 @@ class RetentionStore:
                     ),
                 )
             extra = db.execute(
-                "SELECT * FROM retained_images WHERE line = ? ORDER BY seen DESC LIMIT -1 OFFSET ?",
-                (self.line, self.settings.images),
+                "SELECT * FROM retained_images WHERE line = ? ORDER BY seen DESC LIMIT ? OFFSET ?",
+                (self.line, NO_LIMIT, self.settings.images),
             ).fetchall()
             evicted = [_retained(row) for row in extra]
             for item in evicted:
@@ -251,7 +253,7 @@ class RetentionStore:
         """The retained images, newest first (at most ``count``)."""
         rows = self.registry.query(
             "SELECT * FROM retained_images WHERE line = ? ORDER BY seen DESC LIMIT ?",
-            (self.line, -1 if count is None else int(count)),
+            (self.line, NO_LIMIT if count is None else int(count)),
         )
         return [_retained(row) for row in rows]
 

@@ -1,8 +1,12 @@
-"""The registry: product lines, their active normalities and the audit log in one SQLite file.
+"""The registry: product lines, their active normalities and the audit log, in SQLite or PostgreSQL.
 
-Every change is one ``BEGIN IMMEDIATE … COMMIT`` transaction that writes the change *and* its
-audit row, so a crash leaves either both or neither. WAL journaling with ``synchronous=FULL``
-makes a committed transaction survive the process being killed (and power loss). Nothing here
+The database is an SQLite file (the embedded default) or a PostgreSQL database named by a
+``postgresql://`` URL (:mod:`normadd.registry.database` hides the difference). Every change is
+one write transaction that writes the change *and* its audit row, so a crash leaves either both
+or neither; one writer at a time (SQLite's ``BEGIN IMMEDIATE``, a PostgreSQL advisory lock), so
+audit rows from several processes interleave into one valid chain. SQLite runs WAL journaling
+with ``synchronous=FULL``: a committed transaction survives the process being killed (and power
+loss); PostgreSQL's default ``synchronous_commit`` gives the same. Nothing here
 imports torch: ``f_add`` is kept as float32 bytes and turned into a tensor by the caller.
 Every audit row is chained to the one before by SHA-256 (:mod:`normadd.registry.audit_chain`),
 in :meth:`Registry._audit`, the one place rows are appended.
@@ -11,7 +15,7 @@ in :meth:`Registry._audit`, the one place rows are appended.
 from __future__ import annotations
 
 import json
-import sqlite3
+import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,6 +26,7 @@ from typing import Any
 
 from normadd.errors import NormaddError
 from normadd.registry.audit_chain import GENESIS, ChainReport, row_hash, verify_rows
+from normadd.registry.database import Database, PostgresDatabase, SqliteDatabase, is_postgres_url
 from normadd.registry.errors import (
     DuplicateNormalityError,
     LineExistsError,
@@ -178,34 +183,55 @@ class AuditEntry:
 
 
 class Registry:
-    """The SQLite store of one deployment. Thread-safe; one connection per instance.
+    """The store of one deployment (an SQLite file or a PostgreSQL database). Thread-safe; one connection per instance.
 
     Args:
-        path: Database file, created (with its folder) when missing.
-        timeout: Seconds to wait for another process's write lock.
+        path: Database file, created (with its folder) when missing; or a ``postgresql://`` /
+            ``postgres://`` URL (the password from the URL, ``PGPASSWORD`` or ``~/.pgpass``).
+        timeout: Seconds to wait for another process's write lock (and, on PostgreSQL, to connect).
         clock: The current time (UTC) that decides when a normality's ``until`` has passed and
             when a pending change expires; tests pass a fake one instead of sleeping.
+        retained_dir: Folder of the retained images' files; by default ``<file>.retained`` beside
+            an SQLite file, ``<database>.retained`` in the working folder for PostgreSQL.
 
     Raises:
-        NormaddError: The file cannot be opened as a SQLite database.
+        NormaddError: The file cannot be opened as an SQLite database; the PostgreSQL server cannot
+            be reached, refuses the credentials or has no such database; the schema is newer than
+            this code. The message names the database without its password.
     """
 
     def __init__(
-        self, path: str | Path = DEFAULT_DATABASE, timeout: float = 30.0, clock: Callable[[], datetime] = utc_now
+        self,
+        path: str | Path = DEFAULT_DATABASE,
+        timeout: float = 30.0,
+        clock: Callable[[], datetime] = utc_now,
+        retained_dir: Path | None = None,
     ) -> None:
-        self.path = Path(path)
         self.clock = clock
         self._lock = threading.RLock()
+        self._db: Database
+        if is_postgres_url(path):
+            self.path: Path | None = None
+            self._db = PostgresDatabase(str(path), timeout)
+            database = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(path).rsplit("/", 1)[-1].split("?")[0]) or "normadd"
+            self.retained_root = retained_dir or Path(f"{database}.retained")
+        else:
+            self.path = Path(path)
+            self._db = SqliteDatabase(self.path, timeout)
+            self.retained_root = retained_dir or self.path.with_name(self.path.name + ".retained")
+        self.location = self._db.location
+        self.dialect = self._db.dialect
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
-            self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA foreign_keys=ON")
             migrate(self._db)
-        except sqlite3.DatabaseError as error:
-            raise NormaddError(f"registry {self.path} cannot be opened ({error}): is it a normadd database?") from None
+        except NormaddError:
+            self._db.close()
+            raise
+        except Exception as error:  # the driver's own errors (sqlite3 or psycopg), in one line
+            self._db.close()
+            raise NormaddError(
+                f"registry {self.location} cannot be opened ({' '.join(str(error).split())}): "
+                "is it a normadd database?"
+            ) from None
 
     def close(self) -> None:
         """Close the connection."""
@@ -219,7 +245,7 @@ class Registry:
         self.close()
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self) -> Iterator[Database]:
         """One write transaction: everything inside commits together or not at all.
 
         A transaction opened inside another one (same thread) joins it: an approval applies its
@@ -229,13 +255,13 @@ class Registry:
             if self._db.in_transaction:  # we hold the lock, so it is this thread's transaction
                 yield self._db
                 return
-            self._db.execute("BEGIN IMMEDIATE")
+            self._db.begin()
             try:
                 yield self._db
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self._db.rollback()
                 raise
-            self._db.execute("COMMIT")
+            self._db.commit()
 
     transaction = _transaction  # public name for modules that build on the registry (approvals, retention)
 
@@ -243,7 +269,7 @@ class Registry:
         """The registry clock's time as ISO text (UTC, milliseconds)."""
         return self.clock().astimezone(UTC).isoformat(timespec="milliseconds")
 
-    def query(self, sql: str, parameters: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+    def query(self, sql: str, parameters: tuple[Any, ...] = ()) -> list[Any]:
         """Rows of one read query, for the registry's own modules."""
         with self._lock:
             return self._db.execute(sql, parameters).fetchall()
@@ -258,14 +284,13 @@ class Registry:
         return self.record(line, action, who, why, details)
 
     def _audit(
-        self, db: sqlite3.Connection, line: str, action: str, who: str, why: str, details: dict[str, Any]
+        self, db: Database, line: str, action: str, who: str, why: str, details: dict[str, Any]
     ) -> int:
         """Append one audit row, chained to the newest one (call inside a write transaction)."""
         last = db.execute("SELECT id, row_hash FROM audit_log ORDER BY id DESC LIMIT 1").fetchone()
-        issued = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'audit_log'").fetchone()
         row: dict[str, Any] = {
             # the id is part of the hash, so it is chosen here; never reused, even after a deletion
-            "id": max(int(issued[0]) if issued else 0, int(last[0]) if last else 0) + 1,
+            "id": max(db.audit_ids_issued(), int(last[0]) if last else 0) + 1,
             "at": _now(),
             "line": line,
             "action": action,
@@ -279,6 +304,7 @@ class Registry:
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (*row.values(), prev, row_hash(row, prev)),
         )
+        db.note_audit_id(int(row["id"]))
         return int(row["id"])
 
     def record(self, line: str, action: str, who: str, why: str = "", details: dict[str, Any] | None = None) -> int:
@@ -572,8 +598,10 @@ class Registry:
         with self._transaction() as db:
             previous = db.execute("SELECT value FROM thresholds WHERE line = ?", (line,)).fetchone()
             db.execute(
-                "INSERT OR REPLACE INTO thresholds (line, value, scale, method, details, set_at, set_by, why) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO thresholds (line, value, scale, method, details, set_at, set_by, why) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (line) DO UPDATE SET value = excluded.value, "
+                "scale = excluded.scale, method = excluded.method, details = excluded.details, "
+                "set_at = excluded.set_at, set_by = excluded.set_by, why = excluded.why",
                 (
                     line,
                     threshold.value,
@@ -683,13 +711,13 @@ class Registry:
     def verify_audit_chain(self) -> ChainReport:
         """Walk the audit log's hash chain and name the first row that no longer matches."""
         with self._lock:
-            issued = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'audit_log'").fetchone()
-        return verify_rows(self.audit_rows(), int(issued[0]) if issued else 0)
+            issued = self._db.audit_ids_issued()
+        return verify_rows(self.audit_rows(), issued)
 
     def integrity_check(self) -> str:
-        """SQLite's ``PRAGMA integrity_check`` result (``ok`` when sound)."""
+        """The database's consistency check (SQLite's ``PRAGMA integrity_check``): ``ok`` when sound."""
         with self._lock:
-            return "; ".join(row[0] for row in self._db.execute("PRAGMA integrity_check"))
+            return self._db.integrity_check()
 
 
 def _inspection_details(item: InspectionRecord) -> dict[str, Any]:
@@ -701,7 +729,7 @@ def _inspection_details(item: InspectionRecord) -> dict[str, Any]:
     return details
 
 
-def _normality(row: sqlite3.Row) -> NormalityRecord:
+def _normality(row: Any) -> NormalityRecord:
     return NormalityRecord(
         name=row["name"],
         text=row["text"],

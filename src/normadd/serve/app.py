@@ -189,7 +189,7 @@ class Service:
         report = self.registry.verify_audit_chain()
         if report.finding is None:
             return
-        where = self.registry.path
+        where = self.registry.location
         if not self.settings.allow_broken_audit_chain:
             self.registry.close()
             raise NormaddError(
@@ -237,7 +237,7 @@ class Service:
                 "line '%s' in %s has other settings than the config: the registry's are used "
                 "(create a new line to change them)",
                 printable(stored.name),
-                self.registry.path,
+                self.registry.location,
             )
         return None
 
