@@ -58,6 +58,14 @@ def postgres_url(postgres_cluster: Any) -> Iterator[str]:
     postgres_cluster.drop_database(name)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def registry_location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a test's registry lives: an SQLite file, or a fresh database of the session's PostgreSQL cluster."""
+    if request.param == "sqlite":
+        return str(tmp_path / "registry.db")
+    return str(request.getfixturevalue("postgres_url"))
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Modules with browser tests run last (each module's tests keep their order).
 

@@ -73,10 +73,3 @@ def tiny_encoder() -> ClipEncoder:
     """
     return ClipEncoder.from_name("tiny-random")
 
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def registry_location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """Where a test's registry lives: an SQLite file, or a fresh database of the session's PostgreSQL cluster."""
-    if request.param == "sqlite":
-        return str(tmp_path / "registry.db")
-    return str(request.getfixturevalue("postgres_url"))

@@ -23,9 +23,14 @@ from typer.core import TyperGroup
 from normadd.cli.common import console, friendly_errors, inert
 from normadd.errors import NormaddError
 from normadd.registry.audit_chain import ChainReport, verify_rows
+from normadd.registry.database import redact
 from normadd.registry.store import DEFAULT_DATABASE, Registry
 
-DbOption = Annotated[Path, typer.Option("--db", help="Registry database file.")]
+DEFAULT_DB = str(DEFAULT_DATABASE)
+
+DbOption = Annotated[
+    str, typer.Option("--db", help="Registry: an SQLite file, or a postgresql://user@host:port/db URL.")
+]
 COLUMNS = ("id", "at", "line", "action", "who", "why", "details", "prev_hash", "row_hash")
 
 
@@ -60,7 +65,7 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
         as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
-        db: DbOption = DEFAULT_DATABASE,
+        db: DbOption = DEFAULT_DB,
     ) -> None:
         """Show the audit log: who changed what, when and why, and every inspection (the default command)."""
         with Registry(db) as registry:
@@ -80,7 +85,7 @@ def register(app: typer.Typer) -> None:
     @audit_app.command("verify")
     @friendly_errors
     def verify(
-        db: DbOption = DEFAULT_DATABASE,
+        db: DbOption = DEFAULT_DB,
         file: Annotated[
             Path | None, typer.Option("--file", help="Verify an exported .jsonl or .csv file instead of the database.")
         ] = None,
@@ -97,7 +102,7 @@ def register(app: typer.Typer) -> None:
             with Registry(db) as registry:
                 report = registry.verify_audit_chain()
                 hashes = {row["row_hash"] for row in registry.audit_rows()} if expect_head else set()
-            source = str(db)
+            source = redact(db)
         if report.finding is not None:
             console.print(
                 "[bold red]audit chain broken[/] "
@@ -127,7 +132,7 @@ def register(app: typer.Typer) -> None:
     def export(
         output_format: Annotated[str, typer.Option("--format", help="jsonl or csv.")] = "jsonl",
         output: Annotated[Path | None, typer.Option("--output", "-o", help="File to write (default: stdout).")] = None,
-        db: DbOption = DEFAULT_DATABASE,
+        db: DbOption = DEFAULT_DB,
     ) -> None:
         """Write every audit row, oldest first, with prev_hash and row_hash (verify it with ``audit verify --file``)."""
         if output_format not in ("jsonl", "csv"):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -14,7 +13,11 @@ from normadd.cli.line import default_who
 from normadd.registry import approvals
 from normadd.registry.store import DEFAULT_DATABASE, Registry
 
-DbOption = Annotated[Path, typer.Option("--db", help="Registry database file.")]
+DEFAULT_DB = str(DEFAULT_DATABASE)
+
+DbOption = Annotated[
+    str, typer.Option("--db", help="Registry: an SQLite file, or a postgresql://user@host:port/db URL.")
+]
 WhoOption = Annotated[str | None, typer.Option("--who", help="Who decides (default: $USER).")]
 
 
@@ -31,7 +34,7 @@ def register(app: typer.Typer) -> None:
     def change_list(
         line: Annotated[str | None, typer.Argument(help="Only this line.")] = None,
         status: Annotated[str, typer.Option(help="pending, approved, rejected, expired or all.")] = "pending",
-        db: DbOption = DEFAULT_DATABASE,
+        db: DbOption = DEFAULT_DB,
     ) -> None:
         """List pending changes (or decided ones by --status); past-due ones are expired first."""
         with Registry(db) as registry:
@@ -57,7 +60,7 @@ def register(app: typer.Typer) -> None:
     @friendly_errors
     def change_approve(
         change_id: Annotated[int, typer.Argument(help="The change's id (normadd change list).")],
-        db: DbOption = DEFAULT_DATABASE,
+        db: DbOption = DEFAULT_DB,
         who: WhoOption = None,
         why: Annotated[str, typer.Option("--why", help="Why, for the audit log.")] = "",
     ) -> None:
@@ -78,7 +81,7 @@ def register(app: typer.Typer) -> None:
     def change_reject(
         change_id: Annotated[int, typer.Argument(help="The change's id (normadd change list).")],
         why: Annotated[str, typer.Option("--why", help="Why it is rejected (required, audited).")],
-        db: DbOption = DEFAULT_DATABASE,
+        db: DbOption = DEFAULT_DB,
         who: WhoOption = None,
     ) -> None:
         """Close a pending change without applying it."""

@@ -22,9 +22,9 @@ from rich.table import Table
 
 from normadd.cli import options as opt
 from normadd.cli.common import admin_notice, console, friendly_errors, progress_bar, quiet_libraries, say
-from normadd.cli.line import DbOption, WhoOption, WhyOption, default_who, propose_change
+from normadd.cli.line import DEFAULT_DB, DbOption, WhoOption, WhyOption, default_who, propose_change
 from normadd.errors import NormaddError
-from normadd.registry.store import DEFAULT_DATABASE
+from normadd.registry.database import redact
 
 if TYPE_CHECKING:
     from normadd.decisions.scoring import FolderScores
@@ -70,7 +70,7 @@ def register(app: typer.Typer) -> None:
         batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 8,
         device: opt.Device = "auto",
         precision: opt.Precision = "auto",
-        db: DbOption = DEFAULT_DATABASE,
+        db: DbOption = DEFAULT_DB,
         who: WhoOption = None,
         why: WhyOption = "",
     ) -> None:
@@ -208,7 +208,7 @@ def register(app: typer.Typer) -> None:
                     propose_change(console, registry, line, "threshold.set", payload, summary, who, reason)
                 else:
                     registry.set_threshold(line, record, who or default_who(), reason)
-                    say("", f"stored threshold {calibration.threshold:.6g} on line '{line}' in {db}")
+                    say("", f"stored threshold {calibration.threshold:.6g} on line '{line}' in {redact(db)}")
             else:
                 snippet = yaml.safe_dump(
                     {"threshold": calibration.threshold, "threshold_scale": scale}, sort_keys=False

@@ -76,9 +76,11 @@ def progress_bar() -> Progress:
 
 
 def admin_notice(database: object) -> None:
-    """Say on stderr that a command on the registry file acts as ``admin`` (API key scopes do not apply)."""
+    """Say on stderr that a command on the registry acts as ``admin`` (API key scopes do not apply)."""
+    from normadd.registry.database import redact
+
     console.print(
-        f"[dim]acting as admin on {database}: direct database access, API key scopes do not apply[/]",
+        f"[dim]acting as admin on {redact(str(database))}: direct database access, API key scopes do not apply[/]",
         highlight=False,
         soft_wrap=True,
     )

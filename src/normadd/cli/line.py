@@ -21,9 +21,14 @@ from rich.table import Table
 from normadd.cli import options as opt
 from normadd.cli.common import admin_notice, friendly_errors, inert, quiet_libraries
 from normadd.registry import approvals
+from normadd.registry.database import redact
 from normadd.registry.store import DEFAULT_DATABASE, Registry
 
-DbOption = Annotated[Path, typer.Option("--db", help="Registry database file.")]
+DEFAULT_DB = str(DEFAULT_DATABASE)
+
+DbOption = Annotated[
+    str, typer.Option("--db", help="Registry: an SQLite file, or a postgresql://user@host:port/db URL.")
+]
 WhoOption = Annotated[str | None, typer.Option("--who", help="Who makes the change (default: $USER).")]
 WhyOption = Annotated[str, typer.Option("--why", help="Why, for the audit log.")]
 
@@ -69,7 +74,7 @@ def register(app: typer.Typer) -> None:
         detector_weights: opt.DetectorWeights = None,
         coreset: opt.Coreset = None,
         model: opt.Model = None,
-        db: DbOption = DEFAULT_DATABASE,
+        db: DbOption = DEFAULT_DB,
         who: WhoOption = None,
         why: WhyOption = "",
     ) -> None:
@@ -101,7 +106,8 @@ def register(app: typer.Typer) -> None:
         admin_notice(db)
         with Registry(db) as registry:
             create_line(registry, name, config, who or default_who(), why)
-            out.print(inert(f"created line '{name}' ({config.class_name}, {config.backbone}) in {db}"), highlight=False)
+            created = f"created line '{name}' ({config.class_name}, {config.backbone}) in {redact(db)}"
+            out.print(inert(created), highlight=False)
 
     @command(line_app, "approval")
     def line_approval(
@@ -110,7 +116,7 @@ def register(app: typer.Typer) -> None:
         expires_hours: Annotated[
             float | None, typer.Option("--expires-hours", help="Hours a pending change waits before it expires.")
         ] = None,
-        db: DbOption = DEFAULT_DATABASE,
+        db: DbOption = DEFAULT_DB,
         who: WhoOption = None,
         why: WhyOption = "",
     ) -> None:
@@ -136,7 +142,7 @@ def register(app: typer.Typer) -> None:
     @command(line_app, "show")
     def line_show(
         name: Annotated[str | None, typer.Argument(help="Line name; all lines when left out.")] = None,
-        db: DbOption = DEFAULT_DATABASE,
+        db: DbOption = DEFAULT_DB,
     ) -> None:
         """Show a line's settings and active normalities (or list all lines)."""
         with Registry(db) as registry:
@@ -166,7 +172,7 @@ def register(app: typer.Typer) -> None:
     def line_set_threshold(
         name: Annotated[str, typer.Argument(help="Line name.")],
         value: Annotated[str, typer.Argument(help="Threshold: a part is NG when its score is above it.")],
-        db: DbOption = DEFAULT_DATABASE,
+        db: DbOption = DEFAULT_DB,
         who: WhoOption = None,
         why: WhyOption = "",
     ) -> None:
@@ -192,7 +198,7 @@ def register(app: typer.Typer) -> None:
     @command(line_app, "clear-threshold")
     def line_clear_threshold(
         name: Annotated[str, typer.Argument(help="Line name.")],
-        db: DbOption = DEFAULT_DATABASE,
+        db: DbOption = DEFAULT_DB,
         who: WhoOption = None,
         why: WhyOption = "",
     ) -> None:
@@ -214,7 +220,7 @@ def register(app: typer.Typer) -> None:
         text: Annotated[str, typer.Argument(help="Defect text that becomes normal, e.g. scratch.")],
         strength: Annotated[float, typer.Option(help="Suppression strength in [0, 1].")] = 1.0,
         name: Annotated[str | None, typer.Option(help="Key to remove it by (default: the text).")] = None,
-        db: DbOption = DEFAULT_DATABASE,
+        db: DbOption = DEFAULT_DB,
         who: WhoOption = None,
         why: WhyOption = "",
         device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "cpu",
@@ -291,7 +297,7 @@ def register(app: typer.Typer) -> None:
     def normality_activate(
         line: Annotated[str, typer.Argument(help="Line name.")],
         name: Annotated[str, typer.Argument(help="Name of a staged normality.")],
-        db: DbOption = DEFAULT_DATABASE,
+        db: DbOption = DEFAULT_DB,
         who: WhoOption = None,
         why: WhyOption = "",
     ) -> None:
@@ -325,7 +331,7 @@ def register(app: typer.Typer) -> None:
         ] = None,
         region: Annotated[Path | None, typer.Option(help="PNG mask: where the normality applies.")] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
-        db: DbOption = DEFAULT_DATABASE,
+        db: DbOption = DEFAULT_DB,
         who: WhoOption = None,
         why: WhyOption = "",
         device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "cpu",
@@ -363,7 +369,7 @@ def register(app: typer.Typer) -> None:
         mask: Annotated[list[Path], typer.Option("--mask", help="Defect mask of each image, in order.")] = [],  # noqa: B006
         strength: Annotated[float, typer.Option(help="Suppression strength in [0, 1].")] = 1.0,
         name: Annotated[str | None, typer.Option(help="Key to remove it by (default: example:<first image>).")] = None,
-        db: DbOption = DEFAULT_DATABASE,
+        db: DbOption = DEFAULT_DB,
         who: WhoOption = None,
         why: WhyOption = "",
         device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "cpu",
@@ -396,7 +402,7 @@ def register(app: typer.Typer) -> None:
     @command(normality_app, "list")
     def normality_list(
         line: Annotated[str, typer.Argument(help="Line name.")],
-        db: DbOption = DEFAULT_DATABASE,
+        db: DbOption = DEFAULT_DB,
     ) -> None:
         """List a line's normalities: state (active, staged, expired) and expiry."""
         with Registry(db) as registry:
@@ -406,7 +412,7 @@ def register(app: typer.Typer) -> None:
     def normality_remove(
         line: Annotated[str, typer.Argument(help="Line name.")],
         name: Annotated[str, typer.Argument(help="Normality name.")],
-        db: DbOption = DEFAULT_DATABASE,
+        db: DbOption = DEFAULT_DB,
         who: WhoOption = None,
         why: WhyOption = "",
     ) -> None:

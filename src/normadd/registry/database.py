@@ -228,6 +228,7 @@ class PostgresDatabase:
         self.url = url
         self.location = redact(url)
         self.timeout = timeout
+        self._open = False  # a transaction begun here and not yet committed or rolled back
         self._db = self._connect()
 
     def _connect(self) -> Any:
@@ -249,26 +250,40 @@ class PostgresDatabase:
 
     @property
     def in_transaction(self) -> bool:  # noqa: D102
-        from psycopg.pq import TransactionStatus
-
-        return bool(self._db.info.transaction_status != TransactionStatus.IDLE)
+        return self._open
 
     def execute(self, sql: str, parameters: Sequence[Any] = ()) -> Cursor:  # noqa: D102
-        if self._db.broken and not self.in_transaction:
+        import psycopg
+
+        if self._db.broken:  # the server restarted or the network dropped: open a fresh connection
+            if self.in_transaction:
+                raise NormaddError(f"registry {self.location}: the connection was lost in a transaction; retry")
             self._db = self._connect()
-        return self._db.execute(_placeholders(sql), tuple(parameters))  # type: ignore[no-any-return]
+        try:
+            return self._db.execute(_placeholders(sql), tuple(parameters))  # type: ignore[no-any-return]
+        except psycopg.OperationalError as error:  # connection lost, lock wait timed out: one line, no traceback
+            raise NormaddError(f"registry {self.location}: {' '.join(str(error).split())}") from None
 
     def execute_script(self, sql: str) -> None:  # noqa: D102
         self._db.execute(sql)  # no parameters: psycopg sends several statements as one
 
     def begin(self) -> None:  # noqa: D102
         self.execute("BEGIN")
-        self.execute(f"SELECT pg_advisory_xact_lock({WRITE_LOCK})")
+        self._open = True
+        try:
+            self.execute(f"SELECT pg_advisory_xact_lock({WRITE_LOCK})")
+        except BaseException:
+            self.rollback()
+            raise
 
     def commit(self) -> None:  # noqa: D102
-        self._db.execute("COMMIT")
+        try:
+            self.execute("COMMIT")
+        finally:
+            self._open = False
 
     def rollback(self) -> None:  # noqa: D102
+        self._open = False
         if not self._db.broken:
             self._db.execute("ROLLBACK")
 

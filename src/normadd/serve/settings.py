@@ -1,4 +1,4 @@
-"""The service's settings: a line config plus a ``database`` path and a ``service`` section.
+"""The service's settings: a line config plus a ``database`` (file or ``postgresql://`` URL) and a ``service`` section.
 
 One YAML file describes the line the service runs and how it runs it::
 
@@ -27,6 +27,7 @@ from typing import Any
 from normadd.config import LineConfig, read_yaml_mapping
 from normadd.detectors.inference_sessions import resolve_line_runtime
 from normadd.errors import NormaddError
+from normadd.registry.database import is_postgres_url
 from normadd.registry.store import DEFAULT_DATABASE
 from normadd.serve.authority import ApiKey
 
@@ -40,7 +41,7 @@ class ServiceConfig:
     Attributes:
         line: The line's name in the registry.
         line_config: Its settings; used to create the line when the registry lacks it.
-        database: The registry file.
+        database: The registry: an SQLite file (relative to the config file), or a ``postgresql://`` URL.
         api_keys: Key name -> :class:`ApiKey` (given as a secret, or ``{secret | secret_hash,
             scopes}``); requests must send one secret in ``X-API-Key``.
         max_upload_bytes: Largest request body of an inspection (all files together).
@@ -58,7 +59,7 @@ class ServiceConfig:
 
     line: str
     line_config: LineConfig
-    database: Path = DEFAULT_DATABASE
+    database: Path | str = DEFAULT_DATABASE
     api_keys: dict[str, Any] = field(default_factory=dict)
     max_upload_bytes: int = 20_000_000
     max_images_per_request: int = 16
@@ -76,7 +77,8 @@ class ServiceConfig:
                 raise NormaddError(f"service.{name} must be at least 1, got {getattr(self, name)}")
         if self.batch_wait_ms < 0:
             raise NormaddError(f"service.batch_wait_ms must be >= 0, got {self.batch_wait_ms}")
-        self.database = Path(self.database)
+        # a postgresql:// URL stays a string (Path would fold its "//"); anything else is a file
+        self.database = self.database if is_postgres_url(self.database) else Path(self.database)
         self.export = Path(self.export) if self.export is not None else None
         self.runtime = resolve_line_runtime(self.runtime, self.export is not None)
         merged = {**self.api_keys, **api_keys_from_env()}
@@ -103,7 +105,8 @@ class ServiceConfig:
         unknown = sorted(set(service) - known)
         if unknown:
             raise NormaddError(f"{path}: unknown service keys {unknown}; known: {sorted(known)}")
-        if database is not None:  # relative to the config file, so the service finds it from any folder
+        if database is not None and not is_postgres_url(database):
+            # a file is relative to the config file, so the service finds it from any folder
             database = Path(database) if Path(database).is_absolute() else path.parent / database
         service.setdefault("line", line_config.class_name)
         export = service.get("export")
