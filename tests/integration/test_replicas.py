@@ -10,7 +10,6 @@ through B follows the add through A at once.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import pytest
 
 from helpers import live_service
 from helpers.live_service import ServeProcess
+from normadd.registry.store import Registry
 
 LINE = "bottle"
 KEY_A = "station-a-secret"  # replica A is called with this key, B with KEY_B: the audit's `who` tells them apart
@@ -33,6 +33,7 @@ class Replicas:
     """Two replicas of one line on one registry."""
 
     backend: str
+    database: str
     a: ServeProcess
     b: ServeProcess
 
@@ -43,8 +44,6 @@ def database(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     if request.param == "sqlite":
         yield str(tmp_path_factory.mktemp("replicas-sqlite") / "normadd.db")
         return
-    if importlib.util.find_spec("normadd.registry.database") is None:
-        pytest.skip("the PostgreSQL registry backend (issue-13pg) is not on this branch yet")
     cluster = request.getfixturevalue("postgres_cluster")  # tests/conftest.py: skips without PostgreSQL, fails in CI
     name = cluster.create_database()
     try:
@@ -75,7 +74,7 @@ def replicas(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     try:
         live_service.wait_healthy(a)
         live_service.wait_healthy(b)
-        yield Replicas(backend, a, b)
+        yield Replicas(backend, database, a, b)
     except RuntimeError as error:
         pytest.fail(str(error))
     finally:
@@ -107,6 +106,9 @@ def test_both_replicas_serve_the_line_one_of_them_created(replicas: Replicas) ->
     with _client(replicas.a, KEY_A) as a:
         created = a.get(f"/v1/lines/{LINE}/audit", params={"action": "line.create"}).json()["entries"]
     assert len(created) == 1, created  # started at once, yet the line was created once
+    with Registry(replicas.database) as registry:  # the registry the test meant, not a file named like the URL
+        assert registry.dialect == replicas.backend
+        assert [entry.id for entry in registry.audit(LINE, action="line.create")] == [created[0]["id"]]
     for server in (replicas.a, replicas.b):
         assert httpx.get(f"{server.url}/healthz", timeout=TIMEOUT).json()["lines_loaded"] == [LINE]
 
