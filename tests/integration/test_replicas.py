@@ -20,11 +20,14 @@ import pytest
 
 from helpers import live_service
 from helpers.live_service import ServeProcess
+from normadd.config import LineConfig
+from normadd.registry.line_model import create_line
 from normadd.registry.store import Registry
 
 LINE = "bottle"
 KEY_A = "station-a-secret"  # replica A is called with this key, B with KEY_B: the audit's `who` tells them apart
 KEY_B = "station-b-secret"
+SCOPES = "inspect+change+audit+approve"  # each approves the other's proposals on the approval line
 TIMEOUT = httpx.Timeout(60.0)
 
 
@@ -62,7 +65,7 @@ def replicas(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         "service:\n  line: bottle\n  batch_wait_ms: 5\n  device: cpu\n"
     )
     env = {
-        "NORMADD_API_KEYS": f"station-a={KEY_A},station-b={KEY_B}",
+        "NORMADD_API_KEYS": f"station-a:{SCOPES}={KEY_A},station-b:{SCOPES}={KEY_B}",
         "NORMADD_CACHE_DIR": str(folder / "cache"),
         "HF_HUB_OFFLINE": "1",
         "NORMADD_OFFLINE": "1",
@@ -141,6 +144,26 @@ def test_a_normality_removed_through_b_can_be_added_again_through_a_at_once(repl
         assert _inspect(b, image)["normalities"] == [{"name": "scratch", "strength": 0.5}]
         assert a.delete(f"/v1/lines/{LINE}/normalities/scratch").status_code == 200
         assert _inspect(b, image)["normalities"] == []
+
+
+def test_on_an_approval_line_a_proposal_is_checked_against_the_registry_not_a_stale_replica(
+    replicas: Replicas, image: bytes
+) -> None:
+    with Registry(replicas.database) as registry:  # a second line, whose changes need a second person
+        create_line(registry, "vials", LineConfig(class_name="vial", backbone="tiny-random", approval="required"), "t")
+    with _client(replicas.a, KEY_A) as a, _client(replicas.b, KEY_B) as b:
+
+        def approve(client: httpx.Client, proposed: httpx.Response) -> None:
+            assert proposed.status_code == 202, proposed.text
+            approved = client.post(f"/v1/lines/vials/changes/{proposed.json()['id']}/approve", json={"why": "ok"})
+            assert approved.status_code == 200, approved.text
+
+        approve(b, a.post("/v1/lines/vials/normalities", json={"text": "chip"}))
+        inspected = a.post("/v1/lines/vials/inspect", files=[("images", ("000.png", image, "image/png"))])
+        assert inspected.json()["normalities"] == [{"name": "chip", "strength": 1.0}]  # A now holds 'chip'
+        approve(a, b.delete("/v1/lines/vials/normalities/chip"))  # removed through B
+        again = a.post("/v1/lines/vials/normalities", json={"text": "chip"})  # A has not inspected since
+        assert again.status_code == 202, again.text
 
 
 async def _add_everywhere(replicas: Replicas, name: str, per_replica: int) -> list[httpx.Response]:

@@ -676,6 +676,7 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
         state = "staged" if body.staged else "active"
         limits = {"max_area": body.max_area, "max_length": body.max_length}  # region masks: set from the CLI
         if await run(approvals.approval_required, service.registry, line):
+            await run(served.model.refresh, service.registry)  # checked against the registry, not a stale set
             prepare = functools.partial(served.model.prepare, state=state, until=until)
             record = await run(prepare, body.text, body.strength, body.name, limits)
             verb = "stage" if body.staged else "add"
@@ -790,6 +791,7 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
                     path.write_bytes(data)
                 try:
                     if approvals.approval_required(service.registry, line):
+                        served.model.refresh(service.registry)  # the duplicate check sees other replicas' changes
                         record = served.model.prepare_example(image_paths, mask_paths, strength, name, image_names)
                         summary = approvals.visual_summary(record)
                         payload = approvals.normality_payload(record)
