@@ -282,3 +282,32 @@ def test_concurrent_writers_on_separate_connections_keep_one_chain_and_one_winne
     assert sorted(outcomes) == ["added", "duplicate", "duplicate", "duplicate"]
     assert report.ok and report.rows == 1 + 4 * 5 + 1, report
     assert len(inspected) == 20
+
+
+def test_processes_opening_a_new_database_together_migrate_it_once(registry_location: str) -> None:
+    """Replicas starting at the same moment: the migration runs under the write lock, once."""
+    import threading
+
+    start = threading.Barrier(4)
+    opened: list[Registry] = []
+    failures: list[BaseException] = []
+
+    def open_registry() -> None:
+        start.wait()
+        try:
+            opened.append(Registry(registry_location))
+        except BaseException as error:
+            failures.append(error)
+
+    threads = [threading.Thread(target=open_registry) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    for store in opened:
+        store.close()
+    assert not failures and len(opened) == 4
+    with Registry(registry_location) as store:
+        assert store._db.schema_version() == SCHEMA_VERSION
+        store.create_line(LineRecord("line-2", "bottle"), "alice")
+        assert [e.action for e in store.audit()] == ["line.create"]

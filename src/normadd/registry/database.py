@@ -291,7 +291,12 @@ class PostgresDatabase:
         self._db.close()
 
     def schema_version(self) -> int:  # noqa: D102
-        exists = self.execute("SELECT to_regclass('normadd_schema') IS NOT NULL").fetchone()[0]
+        # a catalog query, not to_regclass(): that reads the session's catalog cache, which can still
+        # miss a table another process created while this one waited for the write lock
+        exists = self.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = current_schema() "
+            "AND tablename = 'normadd_schema')"
+        ).fetchone()[0]
         if not exists:
             return 0
         row = self.execute("SELECT version FROM normadd_schema").fetchone()
