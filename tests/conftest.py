@@ -58,12 +58,31 @@ def postgres_url(postgres_cluster: Any) -> Iterator[str]:
     postgres_cluster.drop_database(name)
 
 
+@pytest.fixture(scope="session")
+def postgres_schemas_database(postgres_cluster: Any) -> str:
+    """One database of the session's cluster that holds a schema per test (see ``postgres_schema_url``)."""
+    return str(postgres_cluster.create_database())
+
+
+@pytest.fixture
+def postgres_schema_url(postgres_cluster: Any, postgres_schemas_database: str) -> Iterator[str]:
+    """A fresh, empty schema as a ``postgresql://`` URL whose connections see only it; dropped afterwards.
+
+    As isolated as a fresh database for the registry (its tables, triggers and schema version live
+    in the schema) at a fraction of the cost: CREATE DATABASE copies a template (0.4-0.5 s per test
+    on the busy 2-core machine, against 0.2 s for a schema, both with the registry's migrations).
+    """
+    schema = postgres_cluster.create_schema(postgres_schemas_database)
+    yield postgres_cluster.schema_url(postgres_schemas_database, schema)
+    postgres_cluster.execute(f"DROP SCHEMA {schema} CASCADE", postgres_schemas_database)
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def registry_location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """Where a test's registry lives: an SQLite file, or a fresh database of the session's PostgreSQL cluster."""
+    """Where a test's registry lives: an SQLite file, or a fresh schema on the session's PostgreSQL cluster."""
     if request.param == "sqlite":
         return str(tmp_path / "registry.db")
-    return str(request.getfixturevalue("postgres_url"))
+    return str(request.getfixturevalue("postgres_schema_url"))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -93,6 +93,16 @@ class Cluster:
         self.execute(f"CREATE DATABASE {name}" + (f" TEMPLATE {template}" if template else ""))
         return name
 
+    def create_schema(self, database: str) -> str:
+        """A new empty schema in ``database``; returns its name (see :meth:`schema_url`)."""
+        name = f"s_{uuid.uuid4().hex[:12]}"
+        self.execute(f"CREATE SCHEMA {name}", database)
+        return name
+
+    def schema_url(self, database: str, schema: str) -> str:
+        """A URL whose connections see only ``schema`` (libpq ``options``: ``search_path``)."""
+        return f"{self.url(database)}?options=-csearch_path%3D{schema}"
+
     def drop_database(self, name: str) -> None:
         """Drop a database, closing what is still connected to it."""
         self.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

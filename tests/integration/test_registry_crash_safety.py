@@ -28,6 +28,7 @@ from normadd.registry.store import InspectionRecord, NormalityRecord, Registry
 
 registry = Registry(sys.argv[1])
 run = sys.argv[2]
+print("ready", flush=True)
 previous = None
 for i in range(1_000_000):
     name = f"{run}-{i}"
@@ -55,7 +56,9 @@ def test_committed_changes_survive_sigkill_and_the_database_stays_sound(registry
         writer = subprocess.Popen(
             [sys.executable, "-c", WRITER, str(database), f"r{run}"], stdout=subprocess.PIPE, env=env, text=True
         )
-        time.sleep(rng.uniform(0.25, 0.9))
+        # kill while it writes, not while Python and the driver import (psycopg alone takes ~0.7 s on a busy machine)
+        assert writer.stdout is not None and writer.stdout.readline() == "ready\n"
+        time.sleep(rng.uniform(0.05, 0.6))
         writer.send_signal(signal.SIGKILL)
         output, _ = writer.communicate(timeout=30)
         assert writer.returncode == -signal.SIGKILL

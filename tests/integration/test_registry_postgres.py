@@ -146,3 +146,21 @@ def test_the_service_refuses_to_start_on_an_unreachable_database_in_one_line(tmp
 )
 def test_redact_hides_every_password(url: str, shown: str) -> None:
     assert redact(url) == shown
+
+
+def test_a_dropped_connection_fails_one_request_in_one_line_and_the_next_reconnects(
+    postgres_cluster: Any, postgres_url: str
+) -> None:
+    with Registry(postgres_url) as registry:
+        registry.create_line(LineRecord("line-1", "bottle", backbone="tiny-random"), "alice")
+        database = postgres_url.rsplit("/", 1)[1]
+        postgres_cluster.execute(  # what a server restart does to the open connection
+            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}' "
+            "AND pid <> pg_backend_pid()"
+        )
+        with pytest.raises(NormaddError) as raised:
+            registry.lines()
+        assert str(raised.value).startswith(f"registry {postgres_url}:") and "\n" not in str(raised.value)
+        assert [line.name for line in registry.lines()] == ["line-1"]
+        registry.record("line-1", "note", "alice")
+        assert registry.verify_audit_chain().ok

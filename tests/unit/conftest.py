@@ -72,4 +72,3 @@ def tiny_encoder() -> ClipEncoder:
     Shared by the session: tests must not change its weights (patch methods with monkeypatch only).
     """
     return ClipEncoder.from_name("tiny-random")
-
