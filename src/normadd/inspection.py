@@ -101,6 +101,31 @@ def _is_random(model: InspectableLine) -> bool:
     return bool(getattr(model, "is_random", False))
 
 
+def line_notes(model: NormalityAddition) -> list[tuple[str, str]]:
+    """What to say about a built line before its results, as ``(level, text)``; level ``warning``, ``note`` or ``""``.
+
+    Random weights, a random detector, the training-free projection fallback, and each added
+    normality with its phrases.
+    """
+    notes: list[tuple[str, str]] = []
+    encoder = model.normality_detector.encoder
+    if encoder.is_random:
+        notes.append(("warning", encoder.description))
+    if not model.shares_clip_pass and "RANDOM" in model.detector.description:
+        notes.append(("warning", f"detector: {model.detector.description}"))
+    if getattr(getattr(model.detector, "projections", None), "kind", None) == "clip-head":
+        notes.append(("note", "no --projections given: using the training-free fallback (CLIP ln_post + proj)"))
+    for normality in model.normalities.values():
+        notes.append(
+            (
+                "",
+                f"added normality '{normality.name}' (strength {normality.strength:g}): "
+                f"{', '.join(normality.phrases) or normality.text}",
+            )
+        )
+    return notes
+
+
 @dataclass
 class LineSummary:
     """What the written files say about the line (overlay metadata, ``scores.csv``, ``run.json``).
