@@ -202,19 +202,14 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> RaySessi
     started = False
     reused = ray.is_initialized()
     if not reused:
-        options: dict[str, Any] = {
-            "logging_level": logging.WARNING,
-            "log_to_driver": False,
-            "include_dashboard": False,
-        }
+        # ERROR: no banners (token authentication, deprecations) from Ray's Python side on the console.
+        quiet: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False}
         try:
             if resolved == LOCAL:
-                ray.init(address=LOCAL, num_cpus=num_cpus, **options)
+                ray.init(address=LOCAL, num_cpus=num_cpus, include_dashboard=False, **quiet)
                 started = True
-            elif resolved.startswith("ray://"):
-                ray.init(address=resolved, logging_level=logging.WARNING, log_to_driver=False)
             else:
-                ray.init(address=resolved, **options)
+                ray.init(address=resolved, **quiet)
         except ConnectionError as error:
             raise _unreachable(resolved, str(error).split(". ")[0]) from None
         except ImportError as error:  # ray:// without Ray Client (ray[client])
