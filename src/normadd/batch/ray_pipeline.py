@@ -12,7 +12,8 @@ per CPU.
 
 Where Ray runs: ``local`` (or no address and no ``RAY_ADDRESS``) starts a private runtime on this
 machine, sized to it, and stops it afterwards; ``auto`` joins the cluster ``ray start`` runs here;
-``host:6379`` joins a cluster's head; ``ray://host:10001`` goes through Ray Client. Image paths (and
+``host:6379`` joins a cluster's head. ``ray://`` (Ray Client) is refused in one line: Ray Data does
+not run through it (a ``ray job submit`` of the command is the way in from outside). Image paths (and
 any files the line reads: weights, projections, example images) must be readable at the same path
 on every node (shared storage); the outputs are written here. ``ray`` is imported only when used:
 without the extra, one line says ``pip install 'normadd[ray]'``.
@@ -76,12 +77,12 @@ def resolve_address(address: str | None) -> str:
 def _unreachable(address: str, why: str) -> RayUnavailableError:
     return RayUnavailableError(
         f"no Ray cluster at '{address}' ({why}): start one with 'ray start --head' and pass its address "
-        "(host:6379, ray://host:10001 or auto), or use --ray-address local for a private runtime on this machine"
+        "(host:6379 or auto), or use --ray-address local for a private runtime on this machine"
     )
 
 
 def _host_port(address: str) -> tuple[str, int] | None:
-    """``host:port`` of ``host:port`` or ``ray://host:port``; None when it has no port."""
+    """``(host, port)`` of ``host:port`` (or ``scheme://host:port``); None when it has no port."""
     rest = address.split("://", 1)[1] if "://" in address else address
     host, _, port = rest.rpartition(":")
     if not host or not port.isdigit():
@@ -107,7 +108,7 @@ def _probe(ray: ModuleType, address: str) -> None:
             raise _unreachable(address, str(error).split(". ")[0]) from None
     endpoint = _host_port(target)
     if endpoint is None:
-        raise _unreachable(address, "an address is host:port, ray://host:port, auto or local")
+        raise _unreachable(address, "an address is host:port, auto or local")
     try:
         with socket.create_connection(endpoint, timeout=PROBE_TIMEOUT_S):
             pass
@@ -131,7 +132,7 @@ class RaySession:
     """A connection to Ray for one command; stops the runtime it started when closed.
 
     Attributes:
-        address: The address as resolved (``local``, ``auto``, ``host:port`` or ``ray://host:port``).
+        address: The address as resolved (``local``, ``auto`` or ``host:port``).
         started: True when this session started a private runtime (and stops it on close).
         cpus: CPUs the cluster reports.
         gpus: GPUs the cluster reports.
@@ -187,16 +188,22 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> RaySessi
 
     Args:
         address: ``local`` (a private runtime sized to this machine), ``auto`` (the cluster
-            ``ray start`` runs here), ``host:port`` or ``ray://host:port``; None: ``RAY_ADDRESS``
+            ``ray start`` runs here) or ``host:port`` (a cluster's head); None: ``RAY_ADDRESS``
             when set, else ``local``.
         num_cpus: CPUs of a private runtime (default: the machine's).
 
     Raises:
-        RayUnavailableError: Ray is not installed, or nothing answers at the address (checked
-            before anything is written).
+        RayUnavailableError: Ray is not installed, a Ray Client (``ray://``) address, or nothing
+            answers at the address (checked before anything is written).
     """
     ray = import_ray()
     resolved = resolve_address(address)
+    if resolved.startswith("ray://"):
+        raise RayUnavailableError(
+            f"'{resolved}' is a Ray Client address, and Ray Data does not run through Ray Client: run the command "
+            "on a cluster node with --ray-address auto, join the head from a machine on the cluster's network "
+            "with --ray-address host:6379, or submit it as a Ray job (ray job submit -- normadd ... --ray)"
+        )
     if resolved != LOCAL:
         _probe(ray, resolved)
     started = False
@@ -212,8 +219,6 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> RaySessi
                 ray.init(address=resolved, **quiet)
         except ConnectionError as error:
             raise _unreachable(resolved, str(error).split(". ")[0]) from None
-        except ImportError as error:  # ray:// without Ray Client (ray[client])
-            raise RayUnavailableError(f"{error}: {RAY_EXTRA_HINT}") from None
     quiet_ray(ray)
     resources = ray.cluster_resources()
     env = {

@@ -124,7 +124,7 @@ RayAddress = Annotated[
     typer.Option(
         "--ray-address",
         help="Ray to use (implies --ray): local (a private runtime here), auto (the cluster 'ray start' "
-        "runs here), host:6379 (a cluster's head) or ray://host:10001 (Ray Client).",
+        "runs here) or host:6379 (a cluster's head).",
     ),
 ]
 Device = Annotated[str, typer.Option(help=f"{', '.join(DEVICES[:-1])} or {DEVICES[-1]}.")]
@@ -214,7 +214,7 @@ def ray_target(ray: bool, ray_address: str | None) -> str | None:
     """
     if ray_address is not None:
         if not ray_address.strip():
-            raise NormaddError("--ray-address is empty: give local, auto, host:6379 or ray://host:10001")
+            raise NormaddError("--ray-address is empty: give local, auto or host:6379")
         return ray_address.strip()
     return "" if ray else None
 
