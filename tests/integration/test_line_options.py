@@ -43,6 +43,9 @@ RUN_FLAGS = {"--runtime", "--export"}
 # Commands that build a full line (APRIL-GAN or another detector plus the normality detector).
 LINE_COMMANDS = (("inspect",), ("evaluate",), ("serve",), ("line", "create"), ("calibrate",), ("export",))
 RUN_COMMANDS = (("inspect",), ("serve",))
+# Commands that score many images: --ray/--ray-address send their image passes to Ray, the same way on both.
+BATCH_FLAGS = {"--ray", "--ray-address"}
+BATCH_COMMANDS = (("inspect",), ("evaluate",))
 # train-projections builds the CLIP encoder and reads a dataset, never a detector.
 TRAIN_FLAGS = {"--config", "--object-name", "--backbone", "--weights", "--layers", "--image-size", "--resize"}
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z-]+")
@@ -85,6 +88,25 @@ def test_every_command_that_runs_a_line_takes_runtime_and_export_with_one_help(p
         for flag in RUN_FLAGS
     }
     assert all(len(texts) == 1 for texts in helps.values()), helps
+
+
+@pytest.mark.parametrize("path", BATCH_COMMANDS, ids=" ".join)
+def test_every_batch_command_takes_ray_and_ray_address_with_one_help(path: tuple[str, ...]) -> None:
+    assert _flags(_command(*path)) >= BATCH_FLAGS
+    helps = {
+        flag: {p.help for name in BATCH_COMMANDS for p in _command(*name).params if flag in getattr(p, "opts", [])}
+        for flag in BATCH_FLAGS
+    }
+    assert all(len(texts) == 1 for texts in helps.values()), helps
+
+
+def test_every_hint_of_the_ray_pipeline_names_a_flag_every_batch_command_takes() -> None:
+    hints = _hint_flags(("batch",))
+    assert "--ray-address" in hints
+    hints.pop("--head", None)  # quoted from Ray's own command: 'ray start --head'
+    for path in BATCH_COMMANDS:
+        missing = {flag: files for flag, files in hints.items() if flag not in _flags(_command(*path))}
+        assert not missing, f"normadd {' '.join(path)} prints hints naming flags it lacks: {missing}"
 
 
 def test_train_projections_takes_the_encoder_line_options() -> None:

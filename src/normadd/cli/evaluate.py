@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -108,10 +109,14 @@ def register(app: typer.Typer) -> None:
         false_reject: Annotated[
             str, typer.Option("--false-reject", help="Decisions: threshold per class at this rate on train/good.")
         ] = "0.01",
+        ray: opt.Ray = False,
+        ray_address: opt.RayAddress = None,
     ) -> None:
         """Evaluate added normalities with the paper's protocol; write CSVs, report.md and report.html.
 
         WinCLIP+ and PatchCore learn from each class's train/good images unless --reference is given.
+        With --ray the image passes (test images, train/good for the thresholds) run on Ray actors;
+        group texts, scoring from the records and the report stay here.
         """
         from normadd.decisions.thresholds import check_false_reject
         from normadd.evaluation.dataset import read_object_names
@@ -172,12 +177,28 @@ def register(app: typer.Typer) -> None:
             runtime=runtime,
             false_reject=rate,
         )
-        with progress_bar() as progress:
-            result = evaluate(
-                settings,
-                progress=RichProgress(progress),
-                on_note=lambda line: progress.console.print(f"note: {inert(line)}", highlight=False, soft_wrap=True),
-            )
+        target = opt.ray_target(ray, ray_address)
+        with contextlib.ExitStack() as stack:
+            image_pass = None
+            if target is not None:
+                from normadd.batch.ray_pipeline import RayImagePass, connect
+
+                session = stack.enter_context(connect(target or None))
+                say(
+                    "note:",
+                    f"image passes on {session.where} ({session.actors} actor(s) at most; "
+                    f"{session.cpus:g} CPUs, {session.gpus:g} GPUs)",
+                )
+                image_pass = RayImagePass(session, device, precision)
+            with progress_bar() as progress:
+                result = evaluate(
+                    settings,
+                    progress=RichProgress(progress),
+                    on_note=lambda line: progress.console.print(
+                        f"note: {inert(line)}", highlight=False, soft_wrap=True
+                    ),
+                    image_pass=image_pass,
+                )
         if result.random_weights:
             console.print(
                 "[yellow]warning:[/] RANDOM weights: the numbers test the pipeline, not the method", highlight=False

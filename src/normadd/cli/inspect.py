@@ -34,12 +34,17 @@ def run_inspection(
     masks: list[Path] | None = None,
     save_maps: str | None = None,
     threshold: str | None = None,
+    ray_address: str | None = None,
 ) -> None:
-    """Score the images with the line before and after its normalities; print and write the results."""
+    """Score the images with the line before and after its normalities; print and write the results.
+
+    With ``ray_address`` (``""``: the default Ray) the forward passes run on Ray
+    (:mod:`normadd.batch.ray_pipeline`) and no model is built in this process.
+    """
     from normadd.config import ExampleSetting, NormalitySetting
     from normadd.factory import build_addition
     from normadd.images import collect_images, first_readable
-    from normadd.inspection import check_map_format
+    from normadd.inspection import check_map_format, line_notes
     from normadd.runtime import resolve_runtime
 
     quiet_libraries()
@@ -62,6 +67,9 @@ def run_inspection(
     runtime = resolve_runtime(device, precision)
     if runtime.note:
         say("note:", runtime.note)
+    if ray_address is not None:
+        _inspect_on_ray(config, paths, out, batch_size, device, precision, policy, save_maps, ray_address)
+        return
     with progress_bar() as progress:  # a spinner while loading; a PatchCore fit adds its own bars
         loading = progress.add_task("loading model and encoding texts", total=None)
         try:
@@ -71,19 +79,7 @@ def run_inspection(
                 progress.remove_task(task)
             raise
         progress.update(loading, total=1, completed=1)
-    encoder = model.normality_detector.encoder
-    if encoder.is_random:
-        say("[yellow]warning:[/]", encoder.description)
-    if not model.shares_clip_pass and "RANDOM" in model.detector.description:
-        say("[yellow]warning:[/]", f"detector: {model.detector.description}")
-    if getattr(getattr(model.detector, "projections", None), "kind", None) == "clip-head":
-        say("note:", "no --projections given: using the training-free fallback (CLIP ln_post + proj)")
-    for normality in model.normalities.values():
-        say(
-            "",
-            f"added normality '{normality.name}' (strength {normality.strength:g}): "
-            f"{', '.join(normality.phrases) or normality.text}",
-        )
+    _say_notes(line_notes(model))
     _inspect_and_report(model, paths, out, batch_size, policy, config.resize, save_maps)
 
 
@@ -111,6 +107,57 @@ def _inspect_and_report(
             save_maps=save_maps,
             policy=policy,
         )
+    _print_report(report, policy, out)
+
+
+def _say_notes(notes: list[tuple[str, str]]) -> None:
+    """Print :func:`normadd.inspection.line_notes` lines."""
+    prefixes = {"warning": "[yellow]warning:[/]", "note": "note:", "": ""}
+    for level, text in notes:
+        say(prefixes.get(level, ""), text)
+
+
+def _inspect_on_ray(
+    config: LineConfig,
+    paths: list[Path],
+    out: Path,
+    batch_size: int,
+    device: str,
+    precision: str,
+    policy: DecisionPolicy | None,
+    save_maps: str | None,
+    ray_address: str,
+) -> None:
+    """The forward passes on Ray (one model per actor), the outputs written here as the local path writes them."""
+    from normadd.batch.ray_pipeline import connect, inspect_on_ray
+
+    with connect(ray_address or None) as session:
+        say(
+            "note:",
+            f"image passes on {session.where} ({session.actors} actor(s) at most; "
+            f"{session.cpus:g} CPUs, {session.gpus:g} GPUs)",
+        )
+        with progress_bar() as progress:
+            task = progress.add_task("inspecting on Ray", total=len(paths))
+            result = inspect_on_ray(
+                session,
+                config,
+                paths,
+                out,
+                batch_size,
+                device,
+                precision,
+                config.resize,
+                save_maps,
+                policy,
+                on_progress=lambda n: progress.advance(task, n),
+            )
+    _say_notes(result.notes)
+    _print_report(result.report, policy, out)
+
+
+def _print_report(report: InspectionReport, policy: DecisionPolicy | None, out: Path) -> None:
+    """The scores table, the verdict summary, the skipped images; exit 2 when any image could not be read."""
     table = Table(
         "image", "output name", "before", "after", "verdict", "accepted by", title=f"scores ({len(report.rows)} images)"
     )
@@ -305,6 +352,8 @@ def register(app: typer.Typer) -> None:
         threshold: Annotated[
             str | None, typer.Option(help="NG when a score is above it (default: the config's threshold).")
         ] = None,
+        ray: opt.Ray = False,
+        ray_address: opt.RayAddress = None,
     ) -> None:
         """Score images before and after adding normalities; write overlays, scores.csv and run.json."""
         from normadd.detectors.inference_sessions import resolve_line_runtime
@@ -329,6 +378,12 @@ def register(app: typer.Typer) -> None:
             "coreset": coreset,
         }
         runtime_name = resolve_line_runtime(runtime or "auto", export is not None)
+        target = opt.ray_target(ray, ray_address)
+        if target is not None and export is not None:
+            raise NormaddError(
+                "--ray runs a line built from its settings, an export runs here: leave out --export "
+                "(the actors build the line from --config and the line options) or --ray"
+            )
         if export is not None:
             if add_example or mask or llm:
                 raise NormaddError(
@@ -343,7 +398,19 @@ def register(app: typer.Typer) -> None:
             return
         config = opt.line_from_options(config_file, class_name, **line_options)
         run_inspection(
-            images, config, add, out, batch_size, device, precision, llm, add_example, mask, save_maps, threshold
+            images,
+            config,
+            add,
+            out,
+            batch_size,
+            device,
+            precision,
+            llm,
+            add_example,
+            mask,
+            save_maps,
+            threshold,
+            ray_address=target,
         )
 
     @app.command()

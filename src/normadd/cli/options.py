@@ -110,6 +110,23 @@ Export = Annotated[
         help="Folder written by 'normadd export': run that exported line (--runtime auto, onnx or openvino)."
     ),
 ]
+# Where a batch command (inspect, evaluate) runs its image passes: not line settings either.
+Ray = Annotated[
+    bool,
+    typer.Option(
+        "--ray",
+        help="Run the image passes on Ray (Ray Data, one model per actor; needs normadd[ray]): "
+        "at --ray-address, else RAY_ADDRESS, else a private runtime on this machine.",
+    ),
+]
+RayAddress = Annotated[
+    str | None,
+    typer.Option(
+        "--ray-address",
+        help="Ray to use (implies --ray): local (a private runtime here), auto (the cluster 'ray start' "
+        "runs here) or host:6379 (a cluster's head).",
+    ),
+]
 Device = Annotated[str, typer.Option(help=f"{', '.join(DEVICES[:-1])} or {DEVICES[-1]}.")]
 Precision = Annotated[
     str,
@@ -187,6 +204,19 @@ def line_from_options(
         layers=parse_layers(layers),
         **overrides,
     )
+
+
+def ray_target(ray: bool, ray_address: str | None) -> str | None:
+    """Where ``--ray``/``--ray-address`` send the image passes: None (this process) or an address (``""``: default).
+
+    Raises:
+        NormaddError: An empty ``--ray-address``.
+    """
+    if ray_address is not None:
+        if not ray_address.strip():
+            raise NormaddError("--ray-address is empty: give local, auto or host:6379")
+        return ray_address.strip()
+    return "" if ray else None
 
 
 def apply_line_options(config: LineConfig, **overrides: Any) -> LineConfig:

@@ -18,9 +18,10 @@ import functools
 import hashlib
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
@@ -381,6 +382,88 @@ def compute_records(addition: NormalityAddition, images: Tensor) -> list[ImageRe
     ]
 
 
+PassKind = Literal["records", "good_scores"]
+
+
+@dataclass
+class ImageOutcome:
+    """One image's result of an evaluation image pass (test records or train/good scores).
+
+    Attributes:
+        path: The image file.
+        record: Its record (a ``records`` pass), or None.
+        score: Its "before" score (a ``good_scores`` pass), or None.
+        unreadable: Why the image could not be read, or None.
+        refused: Why the detector refused the image, or None.
+    """
+
+    path: Path
+    record: ImageRecord | None = None
+    score: float | None = None
+    unreadable: str | None = None
+    refused: str | None = None
+
+
+def record_outcomes(addition: NormalityAddition, paths: Sequence[Path], resize: str) -> list[ImageOutcome]:
+    """Records of one batch: load it, one detector + CLIP pass; image by image when the detector refuses the batch.
+
+    Unreadable images come first (as the batch's notes are written), then the loaded ones in order.
+    """
+    loaded, pixels, failures = load_batch(list(paths), addition.input_size, resize)
+    outcomes = [ImageOutcome(f.path, unreadable=f.reason) for f in failures]
+    if pixels is None:
+        return outcomes
+    prepare_batch = getattr(addition.detector, "prepare_batch", None)  # detectors reading maps by file name
+    try:
+        if prepare_batch is not None:
+            prepare_batch(loaded)
+        records = compute_records(addition, pixels)
+        return outcomes + [ImageOutcome(p, record=r) for p, r in zip(loaded, records, strict=True)]
+    except NormaddError:
+        for index, path in enumerate(loaded):
+            try:
+                if prepare_batch is not None:
+                    prepare_batch([path])
+                outcomes.append(ImageOutcome(path, record=compute_records(addition, pixels[index : index + 1])[0]))
+            except NormaddError as error:
+                outcomes.append(ImageOutcome(path, refused=str(error)))
+    return outcomes
+
+
+def good_score_outcomes(addition: NormalityAddition, paths: Sequence[Path], resize: str) -> list[ImageOutcome]:
+    """"Before" scores of one batch of ``train/good`` images, read from the fp16 maps as test scores are.
+
+    Raises:
+        NormaddError: The detector refuses the batch (the class then gets no decisions).
+    """
+    loaded, pixels, failures = load_batch(list(paths), addition.input_size, resize)
+    outcomes = [ImageOutcome(f.path, unreadable=f.reason) for f in failures]
+    if pixels is None:
+        return outcomes
+    prepare_batch = getattr(addition.detector, "prepare_batch", None)
+    if prepare_batch is not None:
+        prepare_batch(loaded)
+    result = detector_only(addition).explain(pixels)
+    scores = max_scores(result.before.half().float()).tolist()
+    return outcomes + [ImageOutcome(p, score=float(s)) for p, s in zip(loaded, scores, strict=True)]
+
+
+class ImagePass(Protocol):
+    """Runs an evaluation's image passes somewhere else (a Ray cluster: :mod:`normadd.batch.ray_pipeline`).
+
+    It builds the class's line from ``config`` wherever the images are scored and gives one
+    :class:`ImageOutcome` per path, in the order of ``paths``, exactly as :func:`record_outcomes`
+    (``kind="records"``) or :func:`good_score_outcomes` (``kind="good_scores"``) would over
+    consecutive batches of ``batch_size``.
+    """
+
+    def run(
+        self, kind: PassKind, config: LineConfig, paths: Sequence[Path], batch_size: int, resize: str
+    ) -> Iterable[ImageOutcome]:
+        """The outcomes of ``paths``, streamed in order."""
+        ...
+
+
 @dataclass
 class _ClassMaps:
     """Scores and the 256 × 256 maps kept while one class is scored."""
@@ -402,6 +485,8 @@ class Evaluator:
         on_note: Called with each one-line note as it happens.
         build: Builds a class's detector with its normality detector (the factory by default, with
             one :class:`~normadd.backbone.pool.EncoderPool` for the run: each encoder loads once).
+        image_pass: Where the image passes run (a Ray cluster); in this process when None. The
+            class's line is still built here for the group texts and the scoring from records.
     """
 
     def __init__(
@@ -410,6 +495,7 @@ class Evaluator:
         progress: ProgressHook | None = None,
         on_note: Callable[[str], None] | None = None,
         build: Callable[[LineConfig, Runtime | None], NormalityAddition] | None = None,
+        image_pass: ImagePass | None = None,
     ) -> None:
         if settings.batch_size < 1:
             raise NormaddError("--batch-size must be at least 1")
@@ -420,6 +506,7 @@ class Evaluator:
         # classes), showing a PatchCore fit (features, then coreset) on the progress display.
         self.encoders = EncoderPool()
         self.build = build or functools.partial(build_addition, progress=self.progress, encoders=self.encoders)
+        self.image_pass = image_pass
         self.notes: list[str] = []
         self.cost = CostCounts()
         self.model_description = ""
@@ -511,7 +598,7 @@ class Evaluator:
             self.note(f"skipped class: {name} has no usable group")
             return None
         cache = FeatureCache(cache_identity(addition, config), enabled=self.settings.use_cache)
-        images, records = self._records(addition, cache, test_set.images, name)
+        images, records = self._records(addition, config, cache, test_set.images, name)
         self.cost.cache_hits += cache.hits
         self.cost.cache_misses += cache.misses
         self.cost.cache_bytes_written += cache.bytes_written
@@ -532,10 +619,12 @@ class Evaluator:
         self._pixel_rows(evaluation, images, maps)
         evaluation.examples = self._examples(images, groups, maps)
         if self.settings.false_reject is not None:
-            self._decision_rows(evaluation, addition, cache_identity(addition, config))
+            self._decision_rows(evaluation, addition, config, cache_identity(addition, config))
         return evaluation
 
-    def _good_scores(self, addition: NormalityAddition, identity: list[object], class_name: str) -> list[float]:
+    def _good_scores(
+        self, addition: NormalityAddition, config: LineConfig, identity: list[object], class_name: str
+    ) -> list[float]:
         """"Before" scores of the class's ``train/good`` images, scored as the test images are.
 
         Test scores are read from the fp16 256 × 256 maps of the feature cache, so these are too:
@@ -557,33 +646,27 @@ class Evaluator:
         missing = [i for i, digest in enumerate(digests) if digest not in known]
         self.progress.start(f"{class_name}: train/good for the threshold", len(paths))
         self.progress.advance(len(paths) - len(missing))
-        detector = detector_only(addition)
-        for start in range(0, len(missing), self.settings.batch_size):
-            chunk = missing[start : start + self.settings.batch_size]
-            loaded, pixels, failures = load_batch([paths[i] for i in chunk], addition.input_size, self.settings.resize)
-            for failure in failures:
-                self.note(f"{class_name}: train image skipped: {failure.reason}")
-            if pixels is not None:
-                prepare_batch = getattr(addition.detector, "prepare_batch", None)
-                if prepare_batch is not None:
-                    prepare_batch(loaded)
-                result = detector.explain(pixels)
-                scores = max_scores(result.before.half().float()).tolist()
-                by_path = {paths[i]: digests[i] for i in chunk}
-                known.update({by_path[path]: float(score) for path, score in zip(loaded, scores, strict=True)})
-                self.cost.detector_passes += len(loaded)
-                self.cost.clip_passes += len(loaded)
-                self.cost.calibration_images += len(loaded)
-            self.progress.advance(len(chunk))
+        by_path = {paths[i]: digests[i] for i in missing}
+        for outcome in self._outcomes("good_scores", addition, config, [paths[i] for i in missing]):
+            if outcome.unreadable is not None:
+                self.note(f"{class_name}: train image skipped: {outcome.unreadable}")
+            elif outcome.score is not None:
+                known[by_path[outcome.path]] = outcome.score
+                self.cost.detector_passes += 1
+                self.cost.clip_passes += 1
+                self.cost.calibration_images += 1
+            self.progress.advance(1)
         if self.settings.use_cache and missing:
             atomic_write_bytes(cache_file, json.dumps(known, sort_keys=True).encode())
         return [known[d] for d in digests if d in known]
 
-    def _decision_rows(self, evaluation: ClassEvaluation, addition: NormalityAddition, identity: list[object]) -> None:
+    def _decision_rows(
+        self, evaluation: ClassEvaluation, addition: NormalityAddition, config: LineConfig, identity: list[object]
+    ) -> None:
         """Calibrate the class's threshold on train/good and count each group's decisions at it."""
         assert self.settings.false_reject is not None
         try:
-            good_scores = self._good_scores(addition, identity, evaluation.name)
+            good_scores = self._good_scores(addition, config, identity, evaluation.name)
         except NormaddError as error:
             self.note(f"{evaluation.name}: no decisions: train/good could not be scored ({error})")
             return
@@ -615,55 +698,52 @@ class Evaluator:
                 )
             )
 
+    def _outcomes(
+        self, kind: PassKind, addition: NormalityAddition, config: LineConfig, paths: Sequence[Path]
+    ) -> Iterator[ImageOutcome]:
+        """One outcome per path, in order: from the image pass given (Ray), else batch by batch here."""
+        if not paths:
+            return
+        batch_size, resize = self.settings.batch_size, self.settings.resize
+        if self.image_pass is not None:
+            yield from self.image_pass.run(kind, config, paths, batch_size, resize)
+            return
+        compute = record_outcomes if kind == "records" else good_score_outcomes
+        for start in range(0, len(paths), batch_size):
+            yield from compute(addition, paths[start : start + batch_size], resize)
+
     def _records(
-        self, addition: NormalityAddition, cache: FeatureCache, images: Sequence[TestImage], class_name: str
+        self,
+        addition: NormalityAddition,
+        config: LineConfig,
+        cache: FeatureCache,
+        images: Sequence[TestImage],
+        class_name: str,
     ) -> tuple[list[TestImage], list[ImageRecord]]:
         self.progress.start(f"{class_name}: detector + CLIP", len(images))
         digests = [file_digest(image.path) for image in images]
         records: list[ImageRecord | None] = [cache.get(digest) for digest in digests]
         self.progress.advance(sum(r is not None for r in records))
         missing = [i for i, record in enumerate(records) if record is None]
+        by_path = {images[i].path: i for i in missing}
         unreadable: set[int] = set()
-        for start in range(0, len(missing), self.settings.batch_size):
-            chunk = missing[start : start + self.settings.batch_size]
-            paths = [images[i].path for i in chunk]
-            loaded, pixels, failures = load_batch(paths, addition.input_size, self.settings.resize)
-            for failure in failures:
-                self.note(f"{class_name}: image skipped: {failure.reason}")
-            by_path = {path: i for path, i in zip(paths, chunk, strict=True)}
-            unreadable |= {by_path[f.path] for f in failures}
-            if pixels is not None:
-                for path, record in zip(loaded, self._batch_records(addition, loaded, pixels, class_name), strict=True):
-                    if record is not None:
-                        records[by_path[path]] = record
-                        cache.put(digests[by_path[path]], record)
-            self.progress.advance(len(chunk))
+        for outcome in self._outcomes("records", addition, config, [images[i].path for i in missing]):
+            index = by_path[outcome.path]
+            if outcome.unreadable is not None:
+                self.note(f"{class_name}: image skipped: {outcome.unreadable}")
+                unreadable.add(index)
+            else:
+                self.cost.detector_passes += 1
+                self.cost.clip_passes += 1
+                if outcome.refused is not None:
+                    self.note(f"{class_name}: image skipped: {outcome.path}: {outcome.refused}")
+                elif outcome.record is not None:
+                    records[index] = outcome.record
+                    cache.put(digests[index], outcome.record)
+            self.progress.advance(1)
         kept = [i for i in range(len(images)) if i not in unreadable and records[i] is not None]
         self.cost.images += len(kept)
         return [images[i] for i in kept], [records[i] for i in kept]  # type: ignore[misc]
-
-    def _batch_records(
-        self, addition: NormalityAddition, paths: list[Path], pixels: Tensor, class_name: str
-    ) -> list[ImageRecord | None]:
-        """Records of a batch; when the detector refuses it (a bad saved map, say), image by image."""
-        prepare_batch = getattr(addition.detector, "prepare_batch", None)  # detectors reading maps by file name
-        try:
-            if prepare_batch is not None:
-                prepare_batch(paths)
-            records: list[ImageRecord | None] = list(compute_records(addition, pixels))
-        except NormaddError:
-            records = []
-            for index, path in enumerate(paths):
-                try:
-                    if prepare_batch is not None:
-                        prepare_batch([path])
-                    records += compute_records(addition, pixels[index : index + 1])
-                except NormaddError as error:
-                    self.note(f"{class_name}: image skipped: {path}: {error}")
-                    records.append(None)
-        self.cost.detector_passes += len(paths)
-        self.cost.clip_passes += len(paths)
-        return records
 
     @torch.inference_mode()
     def _score(
@@ -848,6 +928,10 @@ def evaluate(
     settings: EvaluationSettings,
     progress: ProgressHook | None = None,
     on_note: Callable[[str], None] | None = None,
+    image_pass: ImagePass | None = None,
 ) -> EvaluationResult:
-    """Evaluate ``settings.data`` with the paper's protocol and our extensions (see module doc)."""
-    return Evaluator(settings, progress, on_note).run()
+    """Evaluate ``settings.data`` with the paper's protocol and our extensions (see module doc).
+
+    With ``image_pass`` (a Ray cluster) the image passes run there; everything else here.
+    """
+    return Evaluator(settings, progress, on_note, image_pass=image_pass).run()
