@@ -18,6 +18,7 @@ normalities inside that request) against the next one (nothing to reload), ``--p
     python -m benchmarks.bench_service                                  # sqlite:1 and postgresql:2
     python -m benchmarks.bench_service --setups sqlite:1,sqlite:2       # no PostgreSQL needed
     python -m benchmarks.bench_service --requests 500 --maps            # also render the PNG maps
+    python -m benchmarks.bench_service --setups sqlite:1 --ray          # + inspect local vs --ray images/s
 """
 
 from __future__ import annotations
@@ -284,6 +285,10 @@ def main() -> None:
     parser.add_argument("--backbone", default="tiny-random")
     parser.add_argument("--image", type=Path, default=BOTTLE / "000.png")
     parser.add_argument("--maps", action="store_true", help="ask for the PNG maps too")
+    parser.add_argument(
+        "--ray", action="store_true", help="also time `normadd inspect` local vs --ray (benchmarks/bench_ray.py)"
+    )
+    parser.add_argument("--ray-limit", type=int, default=None, help="only the first N bottle test images for --ray")
     args = parser.parse_args()
     image = args.image.read_bytes()
     rows, reload_rows = [], []
@@ -300,11 +305,13 @@ def main() -> None:
         print_table(reload_rows)
         write_csv(reload_rows, RESULTS / f"bench_service_reload{suffix}.csv")
 
-    # --- Ray batch scoring vs local, images/s (issue 13, item 4) ---------------------------------
-    # Not measured here: benchmarks/bench_ray.py (written with the Ray runner) measures
-    # `normadd inspect ... --ray` against the local run. Whoever merges both wires its rows in at
-    # this point (same table style, written to benchmarks/results/bench_ray.csv).
-    # ----------------------------------------------------------------------------------------------
+    if args.ray:  # the batch side of issue 13: the same inspect command, local and on Ray
+        from benchmarks import bench_ray
+
+        ray_rows = bench_ray.run(bench_ray.bottle_test_images(args.ray_limit), args.backbone)
+        print()
+        print(bench_ray.markdown_table(ray_rows))
+        write_csv(ray_rows, RESULTS / "bench_ray.csv")
 
     errors = sum(int(str(row["errors"])) for row in rows)
     if errors:
