@@ -12,6 +12,7 @@ running model unchanged too.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import threading
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -473,24 +474,13 @@ class LineModel:
         return [{"name": n.name, "strength": n.strength} for n in self.addition.normalities.values()]
 
 
-def explain_lines(
-    models: Sequence[LineModel],
-    images: Sequence[Tensor],
-    registry: Registry | None = None,
-    keep_projected: Sequence[bool] | None = None,
-) -> list[AdditionResult]:
-    """Inspect the images of several lines that share one encoder with one image-encoder pass.
-
-    The images of every line go through the shared CLIP encoder together; then each line's own
-    detector and normality heads read its rows of the features (:meth:`LineModel.explain`), so
-    each result is the one the line would give on its own images alone.
+def encode_together(models: Sequence[LineModel], images: Sequence[Tensor]) -> list[ClipFeatures]:
+    """One pass of the encoder several lines share for all their images; each line's rows of it.
 
     Args:
         models: Lines whose detector reads the normality detector's CLIP pass
             (``addition.shares_clip_pass``), all on one encoder object.
         images: One (B_i, 3, S, S) batch per line, at the encoder's run size.
-        registry: Passed to each line's :meth:`LineModel.explain` (picks up changes, expiries).
-        keep_projected: Per line, whether to return its projected tokens (default: none).
 
     Raises:
         ValueError: Lines on different encoders, or a line whose detector does not read the shared pass.
@@ -501,16 +491,40 @@ def explain_lines(
     for model in models:
         if model.encoder is not encoder or not model.addition.shares_clip_pass:
             raise ValueError(f"line '{model.line.name}' does not read the shared encoder's pass")
-    keep = list(keep_projected) if keep_projected is not None else [False] * len(models)
     with torch.inference_mode():
         features = encoder.encode_images(encoder.preprocess(torch.cat(list(images))))
-    results = []
-    start = 0
-    for model, part, keeps in zip(models, images, keep, strict=True):
-        stop = start + part.shape[0]
-        results.append(model.explain(part, registry, keeps, features=features.rows(start, stop)))
-        start = stop
-    return results
+    bounds = np.cumsum([0, *(int(part.shape[0]) for part in images)]).tolist()
+    return [features.rows(start, stop) for start, stop in itertools.pairwise(bounds)]
+
+
+def explain_lines(
+    models: Sequence[LineModel],
+    images: Sequence[Tensor],
+    registry: Registry | None = None,
+    keep_projected: Sequence[bool] | None = None,
+) -> list[AdditionResult]:
+    """Inspect the images of several lines that share one encoder with one image-encoder pass.
+
+    The images of every line go through the shared CLIP encoder together
+    (:func:`encode_together`); then each line's own detector and normality heads read its rows
+    of the features (:meth:`LineModel.explain`), so each result is the one the line would give
+    on its own images alone.
+
+    Args:
+        models: Lines on one encoder whose detector reads its pass (see :func:`encode_together`).
+        images: One (B_i, 3, S, S) batch per line, at the encoder's run size.
+        registry: Passed to each line's :meth:`LineModel.explain` (picks up changes, expiries).
+        keep_projected: Per line, whether to return its projected tokens (default: none).
+
+    Raises:
+        ValueError: Lines on different encoders, or a line whose detector does not read the shared pass.
+    """
+    keep = list(keep_projected) if keep_projected is not None else [False] * len(models)
+    features = encode_together(models, images)
+    return [
+        model.explain(part, registry, keeps, features=rows)
+        for model, part, keeps, rows in zip(models, images, keep, features, strict=True)
+    ]
 
 
 def create_line(

@@ -61,7 +61,7 @@ from normadd.registry.errors import (
     NormalityNotFoundError,
     RegistryError,
 )
-from normadd.registry.line_model import LineModel, create_line, explain_lines, line_config, line_record
+from normadd.registry.line_model import LineModel, create_line, encode_together, line_config, line_record
 from normadd.registry.preview import PreviewReport, preview
 from normadd.registry.retention import RetainedFeatures, RetentionStore
 from normadd.registry.schedule import parse_until
@@ -378,17 +378,22 @@ class Service:
         self.lines[name] = ServedLine(model, batcher, retains)
         return self.lines[name]
 
-    def _explain_lines(self, groups: list[tuple[str, Tensor]]) -> list[AdditionResult]:
-        """One pass of the shared encoder for the waiting images of its lines, then each line's heads."""
+    def _explain_lines(self, groups: list[tuple[str, Tensor]]) -> list[AdditionResult | Exception]:
+        """One pass of the shared encoder for the waiting images of its lines, then each line's heads.
+
+        A line whose own part fails (say a normality that no longer loads) fails only its requests.
+        """
         served = [self.lines[name] for name, _ in groups]
-        models = [line.model for line in served]
-        assert all(isinstance(model, LineModel) for model in models)  # only torch lines share a batcher
-        return explain_lines(
-            models,  # type: ignore[arg-type]
-            [images for _, images in groups],
-            self.registry,
-            [line.keep_projected for line in served],
-        )
+        models = [line.model for line in served if isinstance(line.model, LineModel)]  # only torch lines share
+        features = encode_together(models, [images for _, images in groups])
+        results: list[AdditionResult | Exception] = []
+        for model, line, (_, images), rows in zip(models, served, groups, features, strict=True):
+            try:
+                results.append(model.explain(images, self.registry, line.keep_projected, features=rows))
+            except Exception as error:  # handed to this line's requests by the batcher
+                logger.exception("the inspection of line '%s' failed", printable(model.line.name))
+                results.append(error)
+        return results
 
     def batchers(self) -> list[LinesBatcher]:
         """Each batcher once (lines on one encoder share theirs)."""

@@ -54,7 +54,8 @@ def slice_result(result: AdditionResult, start: int, stop: int) -> AdditionResul
     return AdditionResult(**values)
 
 
-ExplainLines = Callable[[list[tuple[str, Tensor]]], list[AdditionResult]]
+# One result per line; an exception in place of a result fails that line's requests only.
+ExplainLines = Callable[[list[tuple[str, Tensor]]], list[AdditionResult | Exception]]
 
 
 class LinesBatcher:
@@ -63,7 +64,8 @@ class LinesBatcher:
     Args:
         explain_lines: The (blocking) pass, run in a worker thread: takes ``(line, images)``
             per line present (each line's requests concatenated in arrival order) and returns
-            one result per line, in that order.
+            one result per line, in that order; an exception in place of a line's result fails
+            that line's requests and no other's.
         max_images: Most images in one pass, all lines together (a larger single request still runs, alone).
         max_wait_ms: How long the first request waits for others.
         on_pass: Called after each successful pass once per line in it, with the line, its
@@ -135,12 +137,13 @@ class LinesBatcher:
             started = time.perf_counter()
             try:
                 results = await asyncio.to_thread(self.explain_lines, groups)
-                parts = []
+                parts: list[tuple[_Request, AdditionResult | Exception]] = []
                 for requests, result in zip(by_line.values(), results, strict=True):
                     start = 0
                     for request in requests:
                         stop = start + request.images.shape[0]
-                        parts.append((request, slice_result(result, start, stop)))
+                        part = result if isinstance(result, Exception) else slice_result(result, start, stop)
+                        parts.append((request, part))
                         start = stop
             except Exception as error:  # one bad pass fails its requests, never the worker
                 logger.exception("forward pass of %d images failed", count)
@@ -156,7 +159,11 @@ class LinesBatcher:
                 for line, images in groups:
                     self.on_pass(line, int(images.shape[0]), seconds)
             for request, part in parts:
-                if not request.future.done():  # the client may have gone away
+                if request.future.done():  # the client may have gone away
+                    continue
+                if isinstance(part, Exception):
+                    request.future.set_exception(part)
+                else:
                     request.future.set_result(part)
 
 
@@ -182,7 +189,7 @@ class MicroBatcher(LinesBatcher):
         self.on_images = on_pass
         super().__init__(self._explain_each, max_images, max_wait_ms, self._passed if on_pass else None)
 
-    def _explain_each(self, groups: list[tuple[str, Tensor]]) -> list[AdditionResult]:
+    def _explain_each(self, groups: list[tuple[str, Tensor]]) -> list[AdditionResult | Exception]:
         return [self.explain(images) for _, images in groups]
 
     def _passed(self, line: str, images: int, seconds: float) -> None:
