@@ -175,6 +175,7 @@ def test_lines_serves_only_the_named_lines_and_the_others_are_404(
         health = client.get("/healthz").json()
         assert health["lines_served"] == ["cap-2", OTHER] == health["lines_loaded"]
         assert _inspect(client, "cap-2").status_code == 200
+        assert [line["name"] for line in client.get("/v1/lines", headers=AUTH).json()] == ["cap-2", OTHER]
         for response in (
             _inspect(client, "screw-3"),
             client.get("/v1/lines/bottle-1/audit", headers=AUTH),

@@ -587,8 +587,9 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
 
     @app.get("/v1/lines", response_model=list[schemas.LineOut], responses=ERRORS, tags=["lines"])
     async def list_lines(who: Caller) -> list[schemas.LineOut]:
-        """The product lines in the registry."""
-        lines = await run(service.registry.lines)
+        """The product lines this service serves (every line of the registry, or its ``lines`` setting)."""
+        served = service.settings.lines
+        lines = [x for x in await run(service.registry.lines) if served is None or x.name in served]
         return [
             schemas.LineOut(
                 name=x.name,
