@@ -231,7 +231,8 @@ class Service:
             raise ApiError(
                 404,
                 "unknown_line",
-                f"line '{printable(name)}' is not served here; served lines: {', '.join(self.settings.lines)}",
+                f"line '{printable(name)}' is not served here; "
+                f"served lines: {', '.join(printable(line) for line in self.settings.lines)}",
             )
 
     def check_audit_chain(self) -> None:
