@@ -241,7 +241,7 @@ def test_concurrent_requests_share_forward_passes(client: TestClient) -> None:
     async def eight_at_once() -> list[Any]:
         import torch
 
-        return await asyncio.gather(*(batcher.submit(torch.from_numpy(t)) for t in tensors))
+        return await asyncio.gather(*(batcher.submit(torch.from_numpy(t), LINE) for t in tensors))
 
     results = client.portal.call(eight_at_once)  # type: ignore[union-attr]
     assert batcher.stats.images - images == 8

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from normadd.normality.addition import AdditionResult
-from normadd.serve.batching import MicroBatcher
+from normadd.serve.batching import LinesBatcher, MicroBatcher
 
 
 def _fake_explain(calls: list[int]):
@@ -111,3 +111,56 @@ def test_a_result_that_cannot_be_split_fails_its_requests_instead_of_hanging_the
     first, second = asyncio.run(run())
     assert isinstance(first, Exception)
     assert isinstance(second, AdditionResult)
+
+
+def test_requests_of_several_lines_share_one_pass_and_each_line_gets_its_own_images() -> None:
+    calls: list[list[tuple[str, int]]] = []
+    fake = _fake_explain([])
+
+    def explain_lines(groups: list[tuple[str, Tensor]]) -> list[AdditionResult | Exception]:
+        calls.append([(line, images.shape[0]) for line, images in groups])
+        return [fake(images) for _, images in groups]
+
+    passes: list[tuple[str, int]] = []
+    batcher = LinesBatcher(
+        explain_lines, max_images=16, max_wait_ms=50, on_pass=lambda line, count, _: passes.append((line, count))
+    )
+    requests = [("a", 1.0, 2), ("b", 2.0, 1), ("a", 3.0, 1), ("c", 4.0, 3)]
+
+    async def run() -> list[AdditionResult]:
+        try:
+            return await asyncio.gather(
+                *(batcher.submit(torch.full((count, 3, 4, 4), value), line) for line, value, count in requests)
+            )
+        finally:
+            await batcher.stop()
+
+    results = asyncio.run(run())
+    assert calls == [[("a", 3), ("b", 1), ("c", 3)]]  # one pass; a line's requests side by side
+    assert batcher.stats.passes == 1 and batcher.stats.images == 7
+    assert passes == [("a", 3), ("b", 1), ("c", 3)]
+    for (_, value, count), result in zip(requests, results, strict=True):
+        assert result.after_scores.tolist() == [value] * count
+
+
+def test_a_line_that_fails_in_a_shared_pass_fails_only_its_own_requests() -> None:
+    fake = _fake_explain([])
+
+    def explain_lines(groups: list[tuple[str, Tensor]]) -> list[AdditionResult | Exception]:
+        return [RuntimeError(f"line {line} broke") if line == "b" else fake(images) for line, images in groups]
+
+    batcher = LinesBatcher(explain_lines, max_images=16, max_wait_ms=50)
+
+    async def run() -> list[AdditionResult | BaseException]:
+        try:
+            return await asyncio.gather(
+                batcher.submit(torch.ones(1, 3, 4, 4), "a"),
+                batcher.submit(torch.ones(1, 3, 4, 4), "b"),
+                return_exceptions=True,
+            )
+        finally:
+            await batcher.stop()
+
+    good, bad = asyncio.run(run())
+    assert isinstance(good, AdditionResult) and good.after_scores.tolist() == [1.0]
+    assert isinstance(bad, RuntimeError) and "line b broke" in str(bad)

@@ -64,6 +64,19 @@ class ClipFeatures:
         """Number of images in the batch."""
         return int(self.image_embedding.shape[0])
 
+    def rows(self, start: int, stop: int) -> ClipFeatures:
+        """The features of images ``start:stop`` of the batch (views, no copy; nothing derived yet).
+
+        Several lines on one encoder share one image pass: each reads its own images' rows.
+        """
+        return ClipFeatures(
+            patch_tokens=[t[start:stop] for t in self.patch_tokens],
+            class_tokens=[t[start:stop] for t in self.class_tokens],
+            image_embedding=self.image_embedding[start:stop],
+            grid_size=self.grid_size,
+            layers=self.layers,
+        )
+
 
 def _is_torchscript(path: Path) -> bool:
     """True for a TorchScript archive (OpenAI's own CLIP ``.pt`` files are TorchScript)."""

@@ -1,4 +1,4 @@
-"""``normadd serve``: run the REST service and web page of one product line with uvicorn."""
+"""``normadd serve``: run the REST service and web page of the registry's product lines with uvicorn."""
 
 from __future__ import annotations
 
@@ -24,10 +24,12 @@ def serve(
     allow_broken_chain: bool = False,
     runtime: str | None = None,
     export: Path | None = None,
+    lines: str | None = None,
 ) -> None:
-    """Load the line once and serve it until interrupted.
+    """Load the served lines once and serve them until interrupted.
 
-    ``runtime`` and ``export`` override the config's ``service.runtime`` and ``service.export``.
+    ``runtime``, ``export`` and ``lines`` (``a,b``) override the config's ``service.runtime``,
+    ``service.export`` and ``service.lines``.
 
     Raises:
         NormaddError: Bad config, no API key, or a model that cannot be loaded.
@@ -35,10 +37,12 @@ def serve(
     import uvicorn
 
     from normadd.serve.app import create_app
-    from normadd.serve.settings import ServiceConfig
+    from normadd.serve.settings import ServiceConfig, parse_lines
 
     logging.getLogger("normadd").setLevel(logging.INFO)
     settings = config if isinstance(config, ServiceConfig) else ServiceConfig.from_yaml(config)
+    if lines is not None:
+        settings.lines = parse_lines(lines)
     settings.allow_broken_audit_chain = settings.allow_broken_audit_chain or allow_broken_chain
     if runtime is not None or export is not None:
         # A config without an export resolved its runtime to torch; a new --export starts from auto again.
@@ -83,11 +87,21 @@ def register(app: typer.Typer) -> None:
         coreset: opt.Coreset = None,
         runtime: opt.Runtime = None,
         export: opt.Export = None,
+        lines: Annotated[
+            str | None,
+            typer.Option(
+                "--lines",
+                help="Serve only these lines of the registry, e.g. bottle-1,cap-2 (default: every line; "
+                "the config's service.lines).",
+            ),
+        ] = None,
     ) -> None:
-        """Serve inspections, normalities, the audit log and the web page over HTTP (needs the serve extra).
+        """Serve inspections, normalities, the audit log and the web page of the registry's lines over HTTP.
 
-        The line options override the --config file's line settings, as for inspect; they seed a
-        line the registry does not hold yet (afterwards the registry is the truth).
+        One process serves every line of the registry (or --lines); lines on the same backbone
+        share one encoder in memory. The line options override the --config file's line settings,
+        as for inspect; they seed the configured line when the registry does not hold it yet
+        (afterwards the registry is the truth). Needs the serve extra.
         """
         from normadd.serve.settings import ServiceConfig
 
@@ -114,4 +128,4 @@ def register(app: typer.Typer) -> None:
             coreset=coreset,
             model=model,
         )
-        serve(settings, host, port, log_level, allow_broken_audit_chain, runtime, export)
+        serve(settings, host, port, log_level, allow_broken_audit_chain, runtime, export, lines)

@@ -155,24 +155,37 @@ class NormalityAddition:
         )
 
     @torch.inference_mode()
-    def explain(self, images: Tensor, keep_projected: bool = False) -> AdditionResult:
+    def explain(
+        self, images: Tensor, keep_projected: bool = False, features: ClipFeatures | None = None
+    ) -> AdditionResult:
         """Maps before, suppression per normality and after, for RGB images in [0, 1].
 
         Args:
             images: (B, 3, H, W) RGB in [0, 1].
             keep_projected: Also return the normality detector's projected tokens (read from the
                 same CLIP pass; projected once, shared with the detector when it is APRIL-GAN).
+            features: The normality detector's encoder's features of ``images``, when a caller
+                already ran that pass (several lines on one encoder share it); None runs it here.
+
+        Raises:
+            ValueError: ``features`` of another number of images, or not from this encoder's layers.
         """
         encoder = self.normality_detector.encoder
-        features: ClipFeatures | None
+        if features is not None and (features.batch_size != images.shape[0] or features.layers != encoder.spec.layers):
+            raise ValueError(
+                f"features of {features.batch_size} images at layers {list(features.layers)} given for "
+                f"{images.shape[0]} images on an encoder tapping {list(encoder.spec.layers)}"
+            )
         if self.shares_clip_pass:
             assert isinstance(self.detector, ClipFeatureDetector)
-            features = encoder.encode_images(encoder.preprocess(images))
+            if features is None:
+                features = encoder.encode_images(encoder.preprocess(images))
             before = self.detector.detect_features(features)
         else:
             before = self.detector.detect(images)
             wanted = bool(self.normalities) or keep_projected
-            features = encoder.encode_images(encoder.preprocess(images)) if wanted else None
+            if features is None and wanted:
+                features = encoder.encode_images(encoder.preprocess(images))
         check_map(before.maps, "the detector's anomaly map")
         normalities = list(self.normalities.values())
         size = self.normality_detector.size

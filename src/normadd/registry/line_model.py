@@ -12,6 +12,7 @@ running model unchanged too.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import threading
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -24,6 +25,8 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from torch import Tensor
 
+from normadd.backbone.clip_encoder import ClipEncoder, ClipFeatures
+from normadd.backbone.pool import EncoderPool
 from normadd.config import LineConfig
 from normadd.decisions.policy import DecisionPolicy, ThresholdSetting, limits_from_mapping, setting_limits
 from normadd.errors import NormaddError
@@ -119,15 +122,20 @@ class LineModel:
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, registry: Registry, name: str, runtime: Runtime | None = None) -> LineModel:
+    def load(
+        cls, registry: Registry, name: str, runtime: Runtime | None = None, encoders: EncoderPool | None = None
+    ) -> LineModel:
         """Build the line's detector and restore its active normalities.
+
+        With ``encoders``, a CLIP encoder another line already built (same backbone, weights,
+        layers, image size, device and precision) is reused instead of loaded again.
 
         Raises:
             LineNotFoundError: No such line.
             NormaddError: The line's backbone or weights cannot be loaded.
         """
         line = registry.line(name)
-        model = cls(line, build_addition(line_config(line), runtime))
+        model = cls(line, build_addition(line_config(line), runtime, encoders=encoders))
         model.clock = registry.clock
         model._restore(registry)
         return model
@@ -193,11 +201,23 @@ class LineModel:
         detector = self.addition.normality_detector
         return f"{detector.encoder.identity}|{self.addition.detector.description}|{detector.projections.description}"
 
-    def explain(self, images: Tensor, registry: Registry | None = None, keep_projected: bool = False) -> AdditionResult:
+    @property
+    def encoder(self) -> ClipEncoder:
+        """The CLIP encoder of the normality detector (the one lines can share)."""
+        return self.addition.normality_detector.encoder
+
+    def explain(
+        self,
+        images: Tensor,
+        registry: Registry | None = None,
+        keep_projected: bool = False,
+        features: ClipFeatures | None = None,
+    ) -> AdditionResult:
         """Maps and scores before and after the active normalities (those of ``registry`` when given).
 
         A normality whose ``until`` has passed (by the registry's clock) does not apply; with the
         registry given, the first inspection after it marks it expired in the audit log.
+        ``features``: this line's :attr:`encoder` features of ``images``, when a shared pass already ran.
         """
         with self._lock:
             # Read per batch, before the pass: a change committed by any process (another replica,
@@ -205,7 +225,7 @@ class LineModel:
             if registry is not None:
                 self._catch_up(registry)  # first: another process may have added one whose until has passed
             self._expire(registry)
-            return self.addition.explain(images, keep_projected=keep_projected)
+            return self.addition.explain(images, keep_projected=keep_projected, features=features)
 
     def refresh(self, registry: Registry) -> None:
         """Pick up normality changes other processes made (without expiring anything: that is an inspection's)."""
@@ -462,6 +482,59 @@ class LineModel:
         return [{"name": n.name, "strength": n.strength} for n in self.addition.normalities.values()]
 
 
+def encode_together(models: Sequence[LineModel], images: Sequence[Tensor]) -> list[ClipFeatures]:
+    """One pass of the encoder several lines share for all their images; each line's rows of it.
+
+    Args:
+        models: Lines whose detector reads the normality detector's CLIP pass
+            (``addition.shares_clip_pass``), all on one encoder object.
+        images: One (B_i, 3, S, S) batch per line, at the encoder's run size.
+
+    Raises:
+        ValueError: Lines on different encoders, or a line whose detector does not read the shared pass.
+    """
+    if not models:
+        return []
+    encoder = models[0].encoder
+    for model in models:
+        if model.encoder is not encoder or not model.addition.shares_clip_pass:
+            raise ValueError(f"line '{model.line.name}' does not read the shared encoder's pass")
+    with torch.inference_mode():
+        features = encoder.encode_images(encoder.preprocess(torch.cat(list(images))))
+    bounds = np.cumsum([0, *(int(part.shape[0]) for part in images)]).tolist()
+    return [features.rows(start, stop) for start, stop in itertools.pairwise(bounds)]
+
+
+def explain_lines(
+    models: Sequence[LineModel],
+    images: Sequence[Tensor],
+    registry: Registry | None = None,
+    keep_projected: Sequence[bool] | None = None,
+) -> list[AdditionResult]:
+    """Inspect the images of several lines that share one encoder with one image-encoder pass.
+
+    The images of every line go through the shared CLIP encoder together
+    (:func:`encode_together`); then each line's own detector and normality heads read its rows
+    of the features (:meth:`LineModel.explain`), so each result is the one the line would give
+    on its own images alone.
+
+    Args:
+        models: Lines on one encoder whose detector reads its pass (see :func:`encode_together`).
+        images: One (B_i, 3, S, S) batch per line, at the encoder's run size.
+        registry: Passed to each line's :meth:`LineModel.explain` (picks up changes, expiries).
+        keep_projected: Per line, whether to return its projected tokens (default: none).
+
+    Raises:
+        ValueError: Lines on different encoders, or a line whose detector does not read the shared pass.
+    """
+    keep = list(keep_projected) if keep_projected is not None else [False] * len(models)
+    features = encode_together(models, images)
+    return [
+        model.explain(part, registry, keeps, features=rows)
+        for model, part, keeps, rows in zip(models, images, keep, features, strict=True)
+    ]
+
+
 def create_line(
     registry: Registry,
     name: str,
@@ -469,8 +542,11 @@ def create_line(
     who: str,
     why: str = "",
     runtime: Runtime | None = None,
+    encoders: EncoderPool | None = None,
 ) -> LineModel | None:
     """Create a line from a config; its configured normalities, text and visual, become active (and audited).
+
+    ``encoders``: the service's pool, so a line created at start-up shares an encoder already loaded.
 
     Returns:
         The loaded model when the config had normalities (it was needed to encode them), else None.
@@ -484,7 +560,7 @@ def create_line(
         registry.set_threshold(name, record, who, why or "from the line config")
     if not config.normalities and not config.examples:
         return None
-    model = LineModel.load(registry, name, runtime)
+    model = LineModel.load(registry, name, runtime, encoders)
     for setting in config.normalities:
         model.add(
             registry,

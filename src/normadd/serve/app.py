@@ -5,9 +5,12 @@ has the route's scope (:data:`normadd.serve.authority.ROUTE_SCOPES`; a refusal i
 audited). On a line with ``approval: required`` a change answers 202 with a pending change that
 another person approves. The service refuses to start on a broken audit chain. ``/docs``
 (Swagger UI) loads its scripts from the service itself, so it works with no internet, and
-``/metrics`` answers in the Prometheus text format (:mod:`normadd.serve.metrics`). Each
-line's model is loaded once (the configured line at start-up, others on first use) and its
-inspections go through one :class:`MicroBatcher`. Bad input is answered with a JSON error
+``/metrics`` answers in the Prometheus text format (:mod:`normadd.serve.metrics`). One process
+serves every line of the registry, or the ``lines`` of the settings (another line is a 404); the
+served lines are loaded at start-up (a line created later on first use). Lines on the same CLIP
+encoder share one copy of it (an :class:`EncoderPool`) and one :class:`LinesBatcher`, so their
+waiting images go through the encoder together; any other line gets its own
+:class:`MicroBatcher`. Bad input is answered with a JSON error
 (``{"error": code, "detail": message}``) and a 4xx code, and leaves the registry unchanged.
 
 FastAPI reads the route signatures at run time, so this module does not postpone annotations.
@@ -40,6 +43,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from torch import Tensor
 
+from normadd.backbone.pool import EncoderPool
 from normadd.decisions.errors import DecisionError
 from normadd.decisions.policy import image_size
 from normadd.decisions.scale import score_scale, stale_reason
@@ -57,7 +61,7 @@ from normadd.registry.errors import (
     NormalityNotFoundError,
     RegistryError,
 )
-from normadd.registry.line_model import LineModel, create_line, line_config, line_record
+from normadd.registry.line_model import LineModel, create_line, encode_together, line_config, line_record
 from normadd.registry.preview import PreviewReport, preview
 from normadd.registry.retention import RetainedFeatures, RetentionStore
 from normadd.registry.schedule import parse_until
@@ -65,7 +69,7 @@ from normadd.registry.store import InspectionRecord, NormalityRecord, Registry, 
 from normadd.runtime import resolve_runtime
 from normadd.serve import schemas
 from normadd.serve.authority import PUBLIC, ROUTE_SCOPES, ApiKey, KeyRing
-from normadd.serve.batching import MicroBatcher
+from normadd.serve.batching import LinesBatcher, MicroBatcher
 from normadd.serve.metrics import RequestMetrics, ServiceMetrics
 from normadd.serve.settings import ServiceConfig
 from normadd.visualize import heat_overlay
@@ -157,10 +161,16 @@ async def _send_json(send: Send, status: int, body: dict[str, str]) -> None:
 
 @dataclass
 class ServedLine:
-    """A loaded line: its model and the batcher its inspections go through."""
+    """A loaded line: its model, the batcher its inspections go through, and whether it keeps projected tokens.
+
+    ``batcher`` is the line's own :class:`MicroBatcher`, or the :class:`LinesBatcher` it shares
+    with the other lines on its encoder; either way its inspections go through
+    ``batcher.submit(images, name)``.
+    """
 
     model: LineModel | ExportedLineModel
-    batcher: MicroBatcher
+    batcher: LinesBatcher
+    keep_projected: bool = False
 
 
 class Service:
@@ -175,10 +185,55 @@ class Service:
         self.runtime = resolve_runtime(settings.device)
         self.registry = Registry(settings.database)
         self.lines: dict[str, ServedLine] = {}
+        self.encoders = EncoderPool() if settings.share_encoders else None
+        self._shared: dict[int, LinesBatcher] = {}  # id of an encoder -> the batcher of the lines on it
         self.metrics = ServiceMetrics()
         self._loading = asyncio.Lock()
         self.keys = KeyRing(settings.api_keys.values())
         self.check_audit_chain()
+        self.check_lines()
+
+    def check_lines(self) -> None:
+        """Refuse to start with a ``lines`` setting that names a line the registry does not have.
+
+        Raises:
+            NormaddError: An unknown name (the known ones are named).
+        """
+        if self.settings.lines is None:
+            return
+        stored = [line.name for line in self.registry.lines()]
+        configured = self.settings.line
+        unknown = [name for name in self.settings.lines if name not in stored and name != configured]
+        if unknown:
+            self.registry.close()
+            names = ", ".join(f"'{printable(name)}'" for name in unknown)
+            seeded = "" if configured in stored else f" (and '{configured}', which the config creates)"
+            raise NormaddError(
+                f"--lines (service.lines) names {names}, not a line of {self.settings.database}: "
+                f"known lines are {', '.join(stored) or 'none yet'}{seeded}"
+            )
+
+    def served_names(self) -> list[str]:
+        """The lines this service serves: the ``lines`` setting, else every line of the registry now."""
+        if self.settings.lines is not None:
+            return list(self.settings.lines)
+        return [line.name for line in self.registry.lines()]
+
+    def check_served(self, name: str) -> None:
+        """Refuse a request to a line outside the ``lines`` setting (a 404 naming the served ones).
+
+        Without the setting every registry line is served; an unknown one is the registry's 404.
+
+        Raises:
+            ApiError: 404 ``unknown_line``.
+        """
+        if self.settings.lines is not None and name not in self.settings.lines:
+            raise ApiError(
+                404,
+                "unknown_line",
+                f"line '{printable(name)}' is not served here; "
+                f"served lines: {', '.join(printable(line) for line in self.settings.lines)}",
+            )
 
     def check_audit_chain(self) -> None:
         """Refuse to start on a broken audit chain, unless ``allow_broken_audit_chain`` (then audit the finding).
@@ -227,6 +282,7 @@ class Service:
                     "normadd serve",
                     "line config",
                     self.runtime,
+                    self.encoders,
                 )
             except LineExistsError:  # another replica on this registry created it just now: use theirs
                 return None
@@ -249,6 +305,7 @@ class Service:
         """
         if name in self.lines:
             return self.lines[name]
+        self.check_served(name)
         async with self._loading:
             if name not in self.lines:
                 self.serve(await asyncio.to_thread(self._load, name))
@@ -258,7 +315,21 @@ class Service:
         """The configured line from its export when one is given; every other line on torch."""
         if name == self.settings.line and self.settings.export is not None:
             return ExportedLineModel.load(self.registry, name, self.settings.export, self.settings.runtime)
-        return LineModel.load(self.registry, name, self.runtime)
+        return LineModel.load(self.registry, name, self.runtime, self.encoders)
+
+    async def preload(self) -> None:
+        """Load every served line now, so no first inspection waits for a model.
+
+        Lines on one encoder load it once. The configured line must load (its error stops the
+        start); another line that fails is logged and left to fail its own requests.
+        """
+        for name in self.served_names():
+            try:
+                await self.line(name)
+            except NormaddError as error:
+                if name == self.settings.line:
+                    raise
+                logger.error("line '%s' is not loaded: %s", printable(name), error)
 
     def check_export(self) -> None:
         """Refuse, before serving, an export that is not the configured line with its active normalities.
@@ -283,21 +354,59 @@ class Service:
         check_export(manifest, folder, line, active)
 
     def serve(self, model: LineModel | ExportedLineModel) -> ServedLine:
-        """Start serving a loaded line: its inspections go through a new batcher."""
-        retains = RetentionStore.for_line(self.registry, model.line.name).settings is not None
-        batcher = MicroBatcher(
-            functools.partial(model.explain, registry=self.registry, keep_projected=retains),
-            self.settings.batch_max_images,
-            self.settings.batch_wait_ms,
-            on_pass=functools.partial(self.metrics.record_pass, model.line.name),
-        )
-        self.lines[model.line.name] = ServedLine(model, batcher)
-        return self.lines[model.line.name]
+        """Start serving a loaded line.
+
+        A torch line whose detector reads the normality detector's CLIP pass joins the batcher
+        of the lines on its encoder (one image pass for all of them); any other gets its own.
+        """
+        name = model.line.name
+        retains = RetentionStore.for_line(self.registry, name).settings is not None
+        batcher: LinesBatcher
+        if self.encoders is not None and isinstance(model, LineModel) and model.addition.shares_clip_pass:
+            key = id(model.encoder)
+            if key not in self._shared:
+                self._shared[key] = LinesBatcher(
+                    self._explain_lines,
+                    self.settings.batch_max_images,
+                    self.settings.batch_wait_ms,
+                    on_pass=self.metrics.record_pass,
+                )
+            batcher = self._shared[key]
+        else:
+            batcher = MicroBatcher(
+                functools.partial(model.explain, registry=self.registry, keep_projected=retains),
+                self.settings.batch_max_images,
+                self.settings.batch_wait_ms,
+                on_pass=functools.partial(self.metrics.record_pass, name),
+            )
+        self.lines[name] = ServedLine(model, batcher, retains)
+        return self.lines[name]
+
+    def _explain_lines(self, groups: list[tuple[str, Tensor]]) -> list[AdditionResult | Exception]:
+        """One pass of the shared encoder for the waiting images of its lines, then each line's heads.
+
+        A line whose own part fails (say a normality that no longer loads) fails only its requests.
+        """
+        served = [self.lines[name] for name, _ in groups]
+        models = [line.model for line in served if isinstance(line.model, LineModel)]  # only torch lines share
+        features = encode_together(models, [images for _, images in groups])
+        results: list[AdditionResult | Exception] = []
+        for model, line, (_, images), rows in zip(models, served, groups, features, strict=True):
+            try:
+                results.append(model.explain(images, self.registry, line.keep_projected, features=rows))
+            except Exception as error:  # handed to this line's requests by the batcher
+                logger.exception("the inspection of line '%s' failed", printable(model.line.name))
+                results.append(error)
+        return results
+
+    def batchers(self) -> list[LinesBatcher]:
+        """Each batcher once (lines on one encoder share theirs)."""
+        return list({id(served.batcher): served.batcher for served in self.lines.values()}.values())
 
     async def close(self) -> None:
         """Stop the batchers and close the registry."""
-        for served in self.lines.values():
-            await served.batcher.stop()
+        for batcher in self.batchers():
+            await batcher.stop()
         self.registry.close()
 
 
@@ -402,10 +511,11 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        created = await asyncio.to_thread(service.ensure_configured_line)
-        if created is not None and settings.export is None:  # an export-served line loads its export below
-            service.serve(created)
-        await service.line(settings.line)  # loads the model now, not on the first request
+        if settings.lines is None or settings.line in settings.lines:
+            created = await asyncio.to_thread(service.ensure_configured_line)
+            if created is not None and settings.export is None:  # an export-served line loads its export below
+                service.serve(created)
+        await service.preload()  # every served line now, not on its first request
         yield
         await service.close()
 
@@ -425,7 +535,10 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
     api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="One of the service's API keys.")
 
     def calling_key(request: Request, secret: Annotated[str | None, Security(api_key_header)]) -> ApiKey:
-        """The request's key, if it has the scope ROUTE_SCOPES gives the route (a refusal is audited)."""
+        """The request's key, if it has the scope ROUTE_SCOPES gives the route (a refusal is audited).
+
+        Then a route of a line this service does not serve is a 404 (after the key: no key, no answer about lines).
+        """
         key = service.key(secret)
         if key is None:
             word = "missing" if not secret else "not valid"
@@ -442,6 +555,8 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
                 f"key '{key.name}' lacks the '{needed}' scope that {request.method} {route.path} needs "
                 f"(it has: {', '.join(sorted(key.scopes)) or 'none'})",
             )
+        if "line" in request.path_params:
+            service.check_served(str(request.path_params["line"]))
         return key
 
     def caller(key: Annotated[ApiKey, Depends(calling_key)]) -> str:
@@ -455,9 +570,10 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
     @app.get("/healthz", response_model=schemas.HealthOut, tags=["service"])
     async def healthz() -> schemas.HealthOut:
         """Liveness; needs no key."""
-        stats = [served.batcher.stats for served in service.lines.values()]
+        stats = [batcher.stats for batcher in service.batchers()]
         return schemas.HealthOut(
             status="ok",
+            lines_served=sorted(await run(service.served_names)),
             lines_loaded=sorted(service.lines),
             forward_passes=sum(s.passes for s in stats),
             images_inspected=sum(s.images for s in stats),
@@ -475,8 +591,9 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
 
     @app.get("/v1/lines", response_model=list[schemas.LineOut], responses=ERRORS, tags=["lines"])
     async def list_lines(who: Caller) -> list[schemas.LineOut]:
-        """The product lines in the registry."""
-        lines = await run(service.registry.lines)
+        """The product lines this service serves (every line of the registry, or its ``lines`` setting)."""
+        served = service.settings.lines
+        lines = [x for x in await run(service.registry.lines) if served is None or x.name in served]
         return [
             schemas.LineOut(
                 name=x.name,
@@ -532,7 +649,7 @@ def create_app(settings: ServiceConfig | str | Path) -> FastAPI:
         sizes = [image_size(data) for data in contents] if policy.has_limits else None
         if sizes is not None:
             policy.check_images(sizes, names)  # a region mask of another aspect ratio: 422, nothing logged
-        result = await served.batcher.submit(batch)
+        result = await served.batcher.submit(batch, line)
         hashes = [hashlib.sha256(data).hexdigest() for data in contents]
         strengths = {n["name"]: n["strength"] for n in served.model.active()}
         active: list[dict[str, Any]] = [{"name": name, "strength": strengths.get(name)} for name in result.names]

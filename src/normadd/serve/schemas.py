@@ -171,7 +171,8 @@ class HealthOut(BaseModel):
     """Liveness and what the service has loaded."""
 
     status: str
-    lines_loaded: list[str]
+    lines_served: list[str] = Field(description="The lines this service serves (--lines, else every registry line).")
+    lines_loaded: list[str] = Field(description="The served lines whose models are loaded now.")
     forward_passes: int
     images_inspected: int
 

@@ -8,6 +8,7 @@ One YAML file describes the line the service runs and how it runs it::
     database: ./normadd.db
     service:
       line: bottle-line-3         # name in the registry (default: the class name)
+      lines: [bottle-line-3, cap-line-1]  # serve only these (default: every line of the registry)
       api_keys:                   # or NORMADD_API_KEYS="station-1:inspect=…,alice:inspect+change=…"
         station-1: {secret_hash: "scrypt$…", scopes: [inspect]}
         alice: {secret: "…", scopes: [inspect, preview, change, audit]}
@@ -36,10 +37,10 @@ API_KEYS_ENV = "NORMADD_API_KEYS"
 
 @dataclass
 class ServiceConfig:
-    """How the service runs one product line.
+    """How the service runs its product lines.
 
     Attributes:
-        line: The line's name in the registry.
+        line: The configured line's name in the registry (created from ``line_config`` when missing).
         line_config: Its settings; used to create the line when the registry lacks it.
         database: The registry: an SQLite file (relative to the config file), or a ``postgresql://`` URL.
         api_keys: Key name -> :class:`ApiKey` (given as a secret, or ``{secret | secret_hash,
@@ -55,6 +56,11 @@ class ServiceConfig:
         runtime: ``torch`` runs the line itself; ``onnx`` or ``openvino`` run ``export`` instead;
             ``auto`` is torch without an export, OpenVINO with one (see :func:`resolve_line_runtime`).
         export: Folder written by ``normadd export`` for this line (needed by the onnx/openvino runtimes).
+        lines: The lines served (``--lines a,b``); None serves every line of the registry,
+            including lines created while the service runs.
+        share_encoders: Lines on the same CLIP encoder (backbone, weights, layers, image size,
+            device, precision) share one copy of it and one image pass per micro-batch; False
+            loads one encoder per line (more memory; kept for comparison).
     """
 
     line: str
@@ -70,6 +76,8 @@ class ServiceConfig:
     allow_broken_audit_chain: bool = False
     runtime: str = "auto"
     export: Path | None = None
+    lines: list[str] | None = None
+    share_encoders: bool = True
 
     def __post_init__(self) -> None:
         for name in ("max_upload_bytes", "max_images_per_request", "max_image_pixels", "batch_max_images"):
@@ -79,6 +87,7 @@ class ServiceConfig:
             raise NormaddError(f"service.batch_wait_ms must be >= 0, got {self.batch_wait_ms}")
         # a postgresql:// URL stays a string (Path would fold its "//"); anything else is a file
         self.database = self.database if is_postgres_url(self.database) else Path(self.database)
+        self.lines = parse_lines(self.lines)
         self.export = Path(self.export) if self.export is not None else None
         self.runtime = resolve_line_runtime(self.runtime, self.export is not None)
         merged = {**self.api_keys, **api_keys_from_env()}
@@ -113,6 +122,23 @@ class ServiceConfig:
         if export is not None and not Path(export).is_absolute():  # relative to the config file, like database
             service["export"] = path.parent / export
         return cls(line_config=line_config, database=database or DEFAULT_DATABASE, **service)
+
+
+def parse_lines(lines: str | list[str] | None) -> list[str] | None:
+    """``--lines a,b`` or ``service.lines: [a, b]`` as a list of names; None (every line) stays None.
+
+    Raises:
+        NormaddError: No name at all, or a name that is not text.
+    """
+    if lines is None:
+        return None
+    items = lines.split(",") if isinstance(lines, str) else lines
+    if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+        raise NormaddError(f"service.lines must be line names (a list, or a,b with --lines), got {lines!r}")
+    names = list(dict.fromkeys(item.strip() for item in items if item.strip()))
+    if not names:
+        raise NormaddError("--lines (service.lines) names no line: give line names, e.g. --lines bottle-1,cap-2")
+    return names
 
 
 def api_keys_from_env() -> dict[str, Any]:
