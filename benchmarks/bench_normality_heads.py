@@ -152,7 +152,7 @@ def bench(name: str, batches: list[int], counts: list[int], repeats: int, explai
                     (o - r).abs().max().item() if o.numel() else 0.0
                     for o, r in zip(outputs[label], reference, strict=True)
                 ]
-                explain_s = min(times[label]["explain"], default=float("nan"))
+                explain_s = min(times[label]["explain"], default=0.0)
                 rows.append(
                     {
                         "backbone": name,
@@ -162,8 +162,8 @@ def bench(name: str, batches: list[int], counts: list[int], repeats: int, explai
                         "heads_s_min": f"{min(times[label]['heads']):.4f}",
                         "heads_s_median": f"{statistics.median(times[label]['heads']):.4f}",
                         "heads_cpu_s_median": f"{statistics.median(times[label]['cpu']):.4f}",
-                        "explain_s_min": f"{explain_s:.4f}",
-                        "images/s": f"{batch / explain_s:.2f}",
+                        "explain_s_min": f"{explain_s:.4f}" if explain else "-",
+                        "images/s": f"{batch / explain_s:.2f}" if explain else "-",
                         "max_diff_before": f"{diffs[0]:.1e}",
                         "max_diff_suppression": f"{diffs[1]:.1e}",
                         "max_diff_after": f"{diffs[2]:.1e}",
