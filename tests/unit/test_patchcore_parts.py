@@ -16,6 +16,7 @@ from normadd.detectors.patchcore import (
     reweighted_image_scores,
 )
 from normadd.errors import MemoryBankMismatchError
+from normadd.runtime import Runtime
 
 
 def test_coreset_is_seeded_and_deterministic() -> None:
@@ -129,3 +130,14 @@ def test_a_file_that_is_no_memory_bank_is_refused(tmp_path: Path) -> None:
     junk.write_bytes(b"not a torch file")
     with pytest.raises(MemoryBankMismatchError, match="cannot be read"):
         PatchCoreDetector("resnet18", input_size=64).load(junk)
+
+
+def test_a_bf16_runtime_leaves_patchcore_in_fp32() -> None:
+    """bf16 features move PatchCore's distances too much (bench_inspect --precision-only): it keeps fp32."""
+    images = torch.rand(1, 3, 64, 64)
+    fp32 = PatchCoreDetector("resnet18", input_size=64, runtime=Runtime(torch.device("cpu"), "fp32"))
+    bf16 = PatchCoreDetector("resnet18", input_size=64, runtime=Runtime(torch.device("cpu"), "bf16"))
+    assert bf16.runtime.precision == "bf16"
+    features = bf16.embed(images)
+    assert features.dtype == torch.float32
+    assert torch.equal(features, fp32.embed(images))

@@ -185,3 +185,21 @@ def test_unknown_reduce_raises() -> None:
     tokens, normal, others = layered_case(9, layers=1)
     with pytest.raises(ValueError, match="reduce"):
         segment(tokens, normal, others, (6, 6), 12, reduce="max")
+
+
+@pytest.mark.parametrize("reduce", ["sum", "mean"])
+@pytest.mark.parametrize("elements_per_image", [1, 2 * 3 * 24 * 24, 2**22])
+def test_layers_upsampled_together_or_in_chunks_equal_one_layer_at_a_time(
+    reduce: str, elements_per_image: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """All layers in one interpolate, two at a time or one at a time: the maps of a layer-by-layer sum."""
+    import normadd.detectors.segmentation as segmentation
+
+    monkeypatch.setattr(segmentation, "FUSED_ELEMENTS_PER_IMAGE", elements_per_image)
+    tokens, normal, others = layered_case(11)
+    per_layer = sum(layer_maps(t, normal, others, (6, 6), 24) for t in tokens)
+    assert isinstance(per_layer, Tensor)
+    expected = per_layer / len(tokens) if reduce == "mean" else per_layer
+    fused = segment(tokens, normal, others, (6, 6), 24, reduce=reduce)
+    assert fused.shape == expected.shape
+    assert (fused - expected).abs().max() <= 1e-6

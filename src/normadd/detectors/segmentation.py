@@ -38,6 +38,16 @@ def layer_map_reference(
     return torch.softmax(logits, dim=1)[:, 1]
 
 
+def _grid_logits(tokens: Tensor, differences: Tensor, grid_size: tuple[int, int]) -> Tensor:
+    """Logit differences ``100 · tokens · (f_other − f_normal)`` on the patch grid: (B, K, rows, cols)."""
+    tokens = F.normalize(tokens.float(), dim=-1)
+    logits = LOGIT_SCALE * tokens @ differences  # (B, N, K)
+    batch, _, k = logits.shape
+    # Contiguous: a channels-last input takes another interpolate kernel (rounding differs ~1e-6),
+    # and one layer alone or all layers concatenated must give the same numbers.
+    return logits.permute(0, 2, 1).reshape(batch, k, *grid_size).contiguous()
+
+
 def layer_maps(tokens: Tensor, normal: Tensor, others: Tensor, grid_size: tuple[int, int], out_size: int) -> Tensor:
     """One layer's maps for several texts at once: (B, K, out_size, out_size).
 
@@ -52,13 +62,14 @@ def layer_maps(tokens: Tensor, normal: Tensor, others: Tensor, grid_size: tuple[
         grid_size: (rows, cols) of the patch grid.
         out_size: Side of the output maps.
     """
-    tokens = F.normalize(tokens.float(), dim=-1)
-    differences = (others - normal.unsqueeze(0)).T  # (D, K)
-    logits = LOGIT_SCALE * tokens @ differences  # (B, N, K)
-    batch, _, k = logits.shape
-    logits = logits.permute(0, 2, 1).reshape(batch, k, *grid_size)
+    logits = _grid_logits(tokens, (others - normal.unsqueeze(0)).T, grid_size)
     logits = F.interpolate(logits, size=(out_size, out_size), mode="bilinear", align_corners=True)
     return torch.sigmoid(logits)
+
+
+# Upsampled layer maps held at once, per image (4 Mi floats = 16 MiB): up to this, all tapped
+# layers go through one interpolate and one in-place sigmoid; above it, a few layers at a time.
+FUSED_ELEMENTS_PER_IMAGE = 2**22
 
 
 def segment(
@@ -71,6 +82,11 @@ def segment(
 ) -> Tensor:
     """Maps of every text over all layers: (B, K, out_size, out_size).
 
+    The same numbers as summing :func:`layer_maps` over the layers (upsample the logits, then the
+    sigmoid: APRIL-GAN's order), computed with fewer, larger calls: every layer's K logit
+    channels are upsampled together and the sigmoid and the layer sum run in place, so a batch
+    allocates one large buffer instead of three per layer.
+
     Args:
         projected_tokens: Per-layer projected tokens, each (B, N, D).
         normal: ``f_normal`` (D,).
@@ -81,8 +97,17 @@ def segment(
     """
     if reduce not in ("sum", "mean"):
         raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
-    normal = normal.to(projected_tokens[0].device)
-    others = others.to(projected_tokens[0].device)
-    total = sum(layer_maps(t, normal, others, grid_size, out_size) for t in projected_tokens)
-    assert isinstance(total, Tensor)
-    return total / len(projected_tokens) if reduce == "mean" else total
+    device = projected_tokens[0].device
+    differences = (others.to(device) - normal.to(device).unsqueeze(0)).T  # (D, K)
+    k = others.shape[0]
+    per_chunk = max(1, FUSED_ELEMENTS_PER_IMAGE // (k * out_size * out_size))
+    total: Tensor | None = None
+    for start in range(0, len(projected_tokens), per_chunk):
+        chunk = projected_tokens[start : start + per_chunk]
+        logits = torch.cat([_grid_logits(t, differences, grid_size) for t in chunk], dim=1)  # (B, C*K, r, c)
+        maps = F.interpolate(logits, size=(out_size, out_size), mode="bilinear", align_corners=True).sigmoid_()
+        layers = maps.view(maps.shape[0], len(chunk), k, out_size, out_size)
+        for index in range(len(chunk)):  # layer after layer, in place: the order of a plain sum
+            total = layers[:, index] if total is None else total.add_(layers[:, index])
+    assert total is not None
+    return total.div_(len(projected_tokens)) if reduce == "mean" else total

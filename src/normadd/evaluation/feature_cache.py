@@ -9,6 +9,8 @@ projections) and the normality detector's. It holds:
   multiplied by keep factors there, so half precision is plenty);
 * ``tokens``: the normality detector's projected patch tokens, L2-normalised, fp16, (L, N, D).
   Any group text's suppression map is computed from them, so a new group needs no image pass.
+  fp16 is the least that keeps those maps within 1e-3 of fp32 tokens: bf16 and the one-byte
+  formats do not (``benchmarks/bench_feature_cache.py``).
 
 The runner always reads these records, fresh or cached, so a rerun gives the same numbers.
 """
@@ -30,6 +32,28 @@ from normadd.cache import atomic_write_bytes, cache_dir, cache_key
 CACHE_KIND = "evaluation"
 CACHE_VERSION = 1
 
+# Formats the tokens can be stored in (``benchmarks/bench_feature_cache.py`` measures each); the
+# 8-bit ones are scaled per token to their range, harmless because the maps re-normalise tokens.
+STORED_FORMATS = ("float16", "bfloat16", "float8_e4m3fn", "int8")
+TOKEN_FORMAT = "float16"
+_RANGE = {"float8_e4m3fn": 448.0, "int8": 127.0}
+
+
+def store_tokens(tokens: Tensor, stored: str) -> Tensor:
+    """L2-normalised fp32 tokens (..., D) in a stored format: a cast, or for 8 bits a per-token scale.
+
+    Raises:
+        ValueError: A format not in :data:`STORED_FORMATS` (nor ``float32``).
+    """
+    if stored not in (*STORED_FORMATS, "float32"):
+        raise ValueError(f"unknown token format {stored!r}: use one of {', '.join(STORED_FORMATS)}")
+    if stored in _RANGE:
+        scale = _RANGE[stored] / tokens.abs().amax(dim=-1, keepdim=True).clamp_min(1e-12)
+        tokens = tokens * scale
+        if stored == "int8":
+            tokens = tokens.round()
+    return tokens.to(getattr(torch, stored))
+
 
 @dataclass
 class ImageRecord:
@@ -49,10 +73,23 @@ class ImageRecord:
 
     @classmethod
     def from_outputs(
-        cls, before_score: Tensor, before_map: Tensor, projected: list[Tensor], grid_size: tuple[int, int]
+        cls,
+        before_score: Tensor,
+        before_map: Tensor,
+        projected: list[Tensor],
+        grid_size: tuple[int, int],
+        stored: str = TOKEN_FORMAT,
     ) -> ImageRecord:
-        """Build from one image's detector score, map at 256 and per-layer projected tokens (N, D)."""
-        tokens = torch.stack([F.normalize(t.float(), dim=-1) for t in projected]).half().cpu()
+        """Build from one image's detector score, map at 256 and per-layer projected tokens (N, D).
+
+        Args:
+            before_score: The detector's image score.
+            before_map: Its map at the suppression size.
+            projected: Per tapped layer, the normality detector's projected tokens (N, D).
+            grid_size: (rows, cols) of the patch grid.
+            stored: Token format (:data:`TOKEN_FORMAT` unless measuring another).
+        """
+        tokens = store_tokens(torch.stack([F.normalize(t.float(), dim=-1) for t in projected]), stored).cpu()
         return cls(float(before_score), before_map.half().cpu(), tokens, grid_size)
 
     def to_bytes(self) -> bytes:
