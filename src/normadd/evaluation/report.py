@@ -361,7 +361,10 @@ def roc_figure(evaluation: ClassEvaluation) -> bytes:
         axes.set_title(f"{evaluation.name}: +{group.name}", fontsize=9)
         axes.set_xlabel("false-positive rate", fontsize=8)
         axes.set_ylabel("true-positive rate", fontsize=8)
-        axes.legend(fontsize=7, loc="lower right")
+        if axes.get_legend_handles_labels()[1]:  # no ROC when the group has one label only
+            axes.legend(fontsize=7, loc="lower right")
+        else:
+            axes.text(0.5, 0.5, "no ROC: one label only", ha="center", fontsize=8)
     return _png(figure)
 
 
