@@ -260,3 +260,94 @@ def test_bad_lines_is_one_line_and_exit_2(
     assert len(result.output.strip().splitlines()) == 1, result.output
     for word in words:
         assert word in result.output, result.output
+
+
+def _lineless_config(folder: Path, database: Path, service: str = "") -> Path:
+    """A service config with no line keys: only ``database`` and ``service``."""
+    config = folder / "service.yaml"
+    keys = f"  api_keys: {{station-1: {KEY}}}\n"
+    config.write_text(f"database: {database}\nservice:\n{keys}  batch_wait_ms: 0\n{service}")
+    return config
+
+
+def test_a_config_without_line_keys_serves_the_registry_lines_and_creates_none(
+    database: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("NORMADD_API_KEYS", raising=False)
+    registry = Registry(database)
+    try:
+        stored = [line.name for line in registry.lines()]
+        creates = len(registry.audit(action="line.create"))
+    finally:
+        registry.close()
+    every = create_app(_lineless_config(tmp_path, database)).state.service  # type: ignore[attr-defined]
+    try:
+        assert every.settings.line is None and every.settings.line_config is None
+        assert every.served_names() == stored  # no service.lines: every line of the registry
+    finally:
+        every.registry.close()
+    config = _lineless_config(tmp_path, database, "  lines: [cap-2]\n")
+    with TestClient(create_app(config)) as client:
+        health = client.get("/healthz").json()
+        assert health["lines_served"] == ["cap-2"] == health["lines_loaded"]
+        assert _inspect(client, "cap-2").status_code == 200
+        _error(_inspect(client, "bottle-1"), 404, "unknown_line", "not served here", "cap-2")
+    registry = Registry(database)
+    try:
+        assert [line.name for line in registry.lines()] == stored  # nothing created
+        assert len(registry.audit(action="line.create")) == creates
+    finally:
+        registry.close()
+
+
+def test_line_options_on_a_config_without_line_keys_seed_the_line_they_name(
+    database: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uvicorn
+
+    monkeypatch.delenv("NORMADD_API_KEYS", raising=False)
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: seen.update(service=app.state.service))
+    config = _lineless_config(tmp_path, database)
+    result = runner.invoke(cli_app, ["serve", "--config", str(config), "-c", "grid", "--backbone", "tiny-random"])
+    assert result.exit_code == 0, result.output
+    settings = seen["service"].settings
+    seen["service"].registry.close()
+    assert settings.line == "grid" and settings.line_config.backbone == "tiny-random"
+
+
+@pytest.mark.parametrize(
+    ("service", "args", "words"),
+    [
+        ("", [], ("no line to serve", "holds no line", "normadd line create NAME --class-name CLASS --db", "class_")),
+        ("", ["--backbone", "tiny-random"], ("line options need a line", "--class-name", "no line keys")),
+        ("  export: ./exported\n", [], ("service.export needs the line", "service.line")),
+    ],
+)
+def test_a_config_without_line_keys_on_an_empty_registry_is_one_line_and_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, service: str, args: list[str], words: tuple[str, ...]
+) -> None:
+    import uvicorn
+
+    monkeypatch.delenv("NORMADD_API_KEYS", raising=False)
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: pytest.fail("the service must not start"))
+    config = _lineless_config(tmp_path, tmp_path / "empty.db", service)
+    result = runner.invoke(cli_app, ["serve", "--config", str(config), *args], env={"COLUMNS": "300"})
+    assert result.exit_code == 2, result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    for word in words:
+        assert word in result.output, result.output
+
+
+def test_service_line_of_a_config_without_line_keys_must_be_a_registry_line(
+    database: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uvicorn
+
+    monkeypatch.delenv("NORMADD_API_KEYS", raising=False)
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: pytest.fail("the service must not start"))
+    config = _lineless_config(tmp_path, database, "  line: nope-7\n")
+    result = runner.invoke(cli_app, ["serve", "--config", str(config)], env={"COLUMNS": "300"})
+    assert result.exit_code == 2, result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert "service.line names 'nope-7'" in result.output and "bottle-1" in result.output, result.output

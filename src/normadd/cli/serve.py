@@ -101,31 +101,43 @@ def register(app: typer.Typer) -> None:
         One process serves every line of the registry (or --lines); lines on the same backbone
         share one encoder in memory. The line options override the --config file's line settings,
         as for inspect; they seed the configured line when the registry does not hold it yet
-        (afterwards the registry is the truth). Needs the serve extra.
+        (afterwards the registry is the truth). A --config with no line keys (only database and
+        service) serves the registry's lines and creates none. Needs the serve extra.
         """
+        from normadd.config import LineConfig
+        from normadd.errors import NormaddError
         from normadd.serve.settings import ServiceConfig
 
         quiet_libraries()
         settings = ServiceConfig.from_yaml(config)
-        settings.line_config = opt.apply_line_options(
-            settings.line_config,
-            class_name=class_name,
-            backbone=backbone,
-            weights=weights,
-            projections=projections,
-            layers=opt.parse_layers(layers),
-            object_name=object_name,
-            image_size=image_size,
-            resize=resize,
-            image_score=image_score,
-            detector=detector,
-            shots=shots,
-            reference=reference,
-            maps=maps,
-            memory_bank=memory_bank,
-            detector_backbone=detector_backbone,
-            detector_weights=detector_weights,
-            coreset=coreset,
-            model=model,
-        )
+        line_options = {
+            "class_name": class_name,
+            "backbone": backbone,
+            "weights": weights,
+            "projections": projections,
+            "layers": opt.parse_layers(layers),
+            "object_name": object_name,
+            "image_size": image_size,
+            "resize": resize,
+            "image_score": image_score,
+            "detector": detector,
+            "shots": shots,
+            "reference": reference,
+            "maps": maps,
+            "memory_bank": memory_bank,
+            "detector_backbone": detector_backbone,
+            "detector_weights": detector_weights,
+            "coreset": coreset,
+            "model": model,
+        }
+        if settings.line_config is None and any(value is not None for value in line_options.values()):
+            if class_name is None:  # the options would change a line the config does not have
+                raise NormaddError(
+                    f"line options need a line: {config} has no line keys; add --class-name (or class_name: "
+                    "in the config) to create one, or drop the line options to serve the registry's lines"
+                )
+            settings.line_config = LineConfig(class_name=class_name)
+            settings.line = settings.line or class_name
+        if settings.line_config is not None:
+            settings.line_config = opt.apply_line_options(settings.line_config, **line_options)
         serve(settings, host, port, log_level, allow_broken_audit_chain, runtime, export, lines)

@@ -196,21 +196,48 @@ class Service:
     def check_lines(self) -> None:
         """Refuse to start with a ``lines`` setting that names a line the registry does not have.
 
+        A config with no line keys creates no line, so the registry must already hold a line to
+        serve (and ``service.line``, when given, must be one of its lines).
+
         Raises:
-            NormaddError: An unknown name (the known ones are named).
+            NormaddError: An unknown name (the known ones are named), or nothing to serve.
         """
+        stored = [line.name for line in self.registry.lines()]
+        creates = self.settings.line if self.settings.line_config is not None else None
+        if self.settings.line_config is None:
+            self._check_lineless_config(stored)
         if self.settings.lines is None:
             return
-        stored = [line.name for line in self.registry.lines()]
-        configured = self.settings.line
-        unknown = [name for name in self.settings.lines if name not in stored and name != configured]
+        unknown = [name for name in self.settings.lines if name not in stored and name != creates]
         if unknown:
             self.registry.close()
             names = ", ".join(f"'{printable(name)}'" for name in unknown)
-            seeded = "" if configured in stored else f" (and '{configured}', which the config creates)"
+            seeded = "" if creates is None or creates in stored else f" (and '{creates}', which the config creates)"
             raise NormaddError(
-                f"--lines (service.lines) names {names}, not a line of {self.settings.database}: "
+                f"--lines (service.lines) names {names}, not a line of {self.registry.location}: "
                 f"known lines are {', '.join(stored) or 'none yet'}{seeded}"
+            )
+
+    def _check_lineless_config(self, stored: list[str]) -> None:
+        """A config without line keys: the registry must hold a line, and ``service.line`` must be one.
+
+        Raises:
+            NormaddError: An empty registry, or a ``service.line`` it does not hold.
+        """
+        where = self.registry.location
+        if not stored:
+            self.registry.close()
+            raise NormaddError(
+                f"no line to serve: {where} holds no line and the config has no line keys; create one first "
+                f"(normadd line create NAME --class-name CLASS --db {where}) or give the config's line keys "
+                "(class_name: ...)"
+            )
+        configured = self.settings.line
+        if configured is not None and configured not in stored:
+            self.registry.close()
+            raise NormaddError(
+                f"service.line names '{printable(configured)}', not a line of {where}: known lines are "
+                f"{', '.join(stored)} (a config without line keys creates no line)"
             )
 
     def served_names(self) -> list[str]:
@@ -269,8 +296,11 @@ class Service:
         """Create the configured line from its config when the registry does not have it yet.
 
         Returns:
-            The line's model when creating it needed one (to encode configured normalities).
+            The line's model when creating it needed one (to encode configured normalities); None
+            also for a config with no line keys (it creates no line).
         """
+        if self.settings.line is None or self.settings.line_config is None:
+            return None
         try:
             stored = self.registry.line(self.settings.line)
         except LineNotFoundError:
@@ -345,11 +375,16 @@ class Service:
             return
         manifest = LineManifest.read(folder)
         manifest.check_version(str(folder / "manifest.json"))
+        name = self.settings.line
+        if name is None:  # ServiceConfig refuses an export without its line
+            raise NormaddError("service.export needs the line it was exported from: give service.line: NAME")
         try:
-            line = self.registry.line(self.settings.line)
+            line = self.registry.line(name)
             active = [(n.name, n.text, n.strength) for n in self.registry.normalities(line.name)]
         except LineNotFoundError:
-            line = line_record(self.settings.line, self.settings.line_config)
+            if self.settings.line_config is None:
+                raise
+            line = line_record(name, self.settings.line_config)
             active = [(n.name or n.text, n.text, n.strength) for n in self.settings.line_config.normalities]
         check_export(manifest, folder, line, active)
 

@@ -13,6 +13,13 @@ One YAML file describes the line the service runs and how it runs it::
         station-1: {secret_hash: "scrypt$…", scopes: [inspect]}
         alice: {secret: "…", scopes: [inspect, preview, change, audit]}
 
+A config with no line keys (only ``database`` and ``service``) serves the lines the registry
+already holds (every one, or ``service.lines``) and creates none::
+
+    database: postgresql://plant@db:5432/normadd
+    service:
+      lines: [bottle-line-3, cap-line-1]
+
 API keys map a name (written to the audit log as *who*) to a secret and scopes
 (:mod:`normadd.serve.authority`). The service keeps only the secret's scrypt hash; ``normadd key
 new`` prints a fresh secret and its hash, so the config need not hold the secret at all.
@@ -40,8 +47,11 @@ class ServiceConfig:
     """How the service runs its product lines.
 
     Attributes:
-        line: The configured line's name in the registry (created from ``line_config`` when missing).
-        line_config: Its settings; used to create the line when the registry lacks it.
+        line: The configured line's name in the registry (created from ``line_config`` when missing;
+            default: its class name). None, with no ``line_config``, means no configured line: the
+            service serves the registry's lines as they are.
+        line_config: Its settings; used to create the line when the registry lacks it. None (a
+            config with no line keys): the service creates no line.
         database: The registry: an SQLite file (relative to the config file), or a ``postgresql://`` URL.
         api_keys: Key name -> :class:`ApiKey` (given as a secret, or ``{secret | secret_hash,
             scopes}``); requests must send one secret in ``X-API-Key``.
@@ -63,8 +73,8 @@ class ServiceConfig:
             loads one encoder per line (more memory; kept for comparison).
     """
 
-    line: str
-    line_config: LineConfig
+    line: str | None = None
+    line_config: LineConfig | None = None
     database: Path | str = DEFAULT_DATABASE
     api_keys: dict[str, Any] = field(default_factory=dict)
     max_upload_bytes: int = 20_000_000
@@ -87,15 +97,22 @@ class ServiceConfig:
             raise NormaddError(f"service.batch_wait_ms must be >= 0, got {self.batch_wait_ms}")
         # a postgresql:// URL stays a string (Path would fold its "//"); anything else is a file
         self.database = self.database if is_postgres_url(self.database) else Path(self.database)
+        if self.line is None and self.line_config is not None:
+            self.line = self.line_config.class_name
         self.lines = parse_lines(self.lines)
         self.export = Path(self.export) if self.export is not None else None
+        if self.export is not None and self.line is None:
+            raise NormaddError(
+                "service.export needs the line it was exported from: give service.line: NAME "
+                "(or the config's line keys, class_name: ...)"
+            )
         self.runtime = resolve_line_runtime(self.runtime, self.export is not None)
         merged = {**self.api_keys, **api_keys_from_env()}
         self.api_keys = {name: ApiKey.from_setting(name, setting) for name, setting in merged.items()}
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> ServiceConfig:
-        """Read the line config with its ``database`` and ``service`` keys.
+        """Read the line config (if any line keys are given) with its ``database`` and ``service`` keys.
 
         Raises:
             NormaddError: Missing file, bad YAML, unknown keys (one line each).
@@ -106,10 +123,12 @@ class ServiceConfig:
         service: dict[str, Any] = data.pop("service", None) or {}
         if not isinstance(service, dict):
             raise NormaddError(f"{path}: 'service' must be a mapping (line, api_keys, limits)")
-        try:
-            line_config = LineConfig.from_dict(data, str(path))
-        except TypeError as error:
-            raise NormaddError(f"config file {path}: {error}") from None
+        line_config = None
+        if data:  # line keys: the configured line (a config of only database/service has none)
+            try:
+                line_config = LineConfig.from_dict(data, str(path))
+            except TypeError as error:
+                raise NormaddError(f"config file {path}: {error}") from None
         known = {f.name for f in fields(cls)} - {"line_config", "database"}
         unknown = sorted(set(service) - known)
         if unknown:
@@ -117,7 +136,8 @@ class ServiceConfig:
         if database is not None and not is_postgres_url(database):
             # a file is relative to the config file, so the service finds it from any folder
             database = Path(database) if Path(database).is_absolute() else path.parent / database
-        service.setdefault("line", line_config.class_name)
+        if line_config is not None:
+            service.setdefault("line", line_config.class_name)
         export = service.get("export")
         if export is not None and not Path(export).is_absolute():  # relative to the config file, like database
             service["export"] = path.parent / export
