@@ -351,3 +351,26 @@ def test_service_line_of_a_config_without_line_keys_must_be_a_registry_line(
     assert result.exit_code == 2, result.output
     assert len(result.output.strip().splitlines()) == 1, result.output
     assert "service.line names 'nope-7'" in result.output and "bottle-1" in result.output, result.output
+
+
+def test_retained_dir_is_relative_to_the_config_and_the_option_wins(
+    database: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uvicorn
+
+    monkeypatch.delenv("NORMADD_API_KEYS", raising=False)
+    roots: list[Path] = []
+
+    def started(app: Any, **kwargs: Any) -> None:
+        roots.append(app.state.service.registry.retained_root)
+        app.state.service.registry.close()
+
+    monkeypatch.setattr(uvicorn, "run", started)
+    config = _lineless_config(tmp_path, database, "  retained_dir: shared\n")
+    assert runner.invoke(cli_app, ["serve", "--config", str(config)]).exit_code == 0
+    other = tmp_path / "elsewhere"
+    assert runner.invoke(cli_app, ["serve", "--config", str(config), "--retained-dir", str(other)]).exit_code == 0
+    assert roots == [tmp_path / "shared", other]
+    config.write_text(config.read_text().replace("retained_dir: shared", "retained_dir: [a, b]"))
+    result = runner.invoke(cli_app, ["serve", "--config", str(config)], env={"COLUMNS": "300"})
+    assert result.exit_code == 2 and "service.retained_dir must be a folder path" in result.output, result.output

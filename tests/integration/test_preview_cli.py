@@ -99,3 +99,44 @@ def test_preview_takes_the_acceptance_limits_of_normality_add(db: str, bottle_di
     code, out = _run(*base, "--max-area", "-3")
     assert code == 2 and "max_area" in out and ">= 0" in out, out
     assert _snapshot(db) == before
+
+
+def test_parts_a_replica_retained_in_service_retained_dir_preview_from_another_machine(
+    tmp_path: Path, postgres_url: str, bottle_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from normadd.serve.app import create_app
+
+    monkeypatch.delenv("NORMADD_API_KEYS", raising=False)
+    plant, machine_a, machine_b = (tmp_path / name for name in ("plant", "machine-a", "machine-b"))
+    for folder in (plant, machine_a, machine_b):
+        folder.mkdir()
+    config = plant / "service.yaml"  # retained_dir is relative to the config file, like database
+    config.write_text(
+        "class_name: bottle\nbackbone: tiny-random\nretain: {images: 5}\n"
+        f"database: {postgres_url}\nservice:\n  line: line-r\n  device: cpu\n  retained_dir: shared\n"
+        "  api_keys: {station-1: station-1-secret}\n"
+    )
+    monkeypatch.chdir(machine_a)
+    image = bottle_dir / "test" / "broken_large" / "000.png"
+    with TestClient(create_app(config)) as client:
+        assert client.app.state.service.registry.retained_root == plant / "shared"  # type: ignore[attr-defined]
+        response = client.post(
+            "/v1/lines/line-r/inspect",
+            headers={"X-API-Key": "station-1-secret"},
+            files=[("images", ("000.png", image.read_bytes(), "image/png"))],
+        )
+        assert response.status_code == 200, response.text
+    assert len(list((plant / "shared").rglob("*.png"))) == 1
+    monkeypatch.chdir(machine_b)
+    preview = ("normality", "preview", "line-r", "broken", "--recent", "1", "--json", "--db", postgres_url)
+    code, out = _run(*preview)  # this machine's default folder lacks the replica's files
+    assert code == 2 and "is missing from" in out, out
+    code, out = _run(*preview, "--retained-dir", str(plant / "shared"))
+    assert code == 0, out
+    report = json.loads(out)
+    assert report["parts"] == 1 and report["items"][0]["image"] == "000.png"
+    assert report["items"][0]["sha256"] and report["items"][0]["score_after"] < report["items"][0]["score_before"]
+    code, out = _run("line", "show", "line-r", "--db", postgres_url, "--retained-dir", str(plant / "shared"))
+    assert code == 0 and "1 of 5 images" in out and str(plant / "shared") in out, out

@@ -135,3 +135,36 @@ def test_a_bad_retain_setting_is_one_clear_error(value: object, words: str) -> N
     with pytest.raises(NormaddError, match=words):
         LineConfig(class_name="bottle", retain=value)  # type: ignore[arg-type]
     assert RetentionSettings.from_setting({"images": 5}) == RetentionSettings(5, "float16")
+
+
+def test_registries_on_one_postgresql_database_with_one_retained_dir_see_each_others_parts(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shared = tmp_path / "shared"
+    machines = {name: tmp_path / name for name in ("machine-a", "machine-b")}
+    for folder in machines.values():
+        folder.mkdir()
+    monkeypatch.chdir(machines["machine-a"])
+    first, second = Registry(postgres_url, retained_dir=shared), Registry(postgres_url, retained_dir=shared)
+    alone = Registry(postgres_url)  # no retained_dir: <database>.retained in the working folder
+    try:
+        retain = {"images": 3, "features": "float32"}
+        first.create_line(LineRecord("line-1", "bottle", settings={"retain": retain}), "alice")
+        through_a = RetentionStore.for_line(first, "line-1")
+        _keep(through_a, "a", "b")
+        through_b = RetentionStore.for_line(second, "line-1")
+        assert through_b.folder == through_a.folder
+        items = through_b.recent()
+        assert [through_b.read_image(item) for item in items] == [b"image b", b"image a"]
+        features = through_b.read_features(items[0], IDENTITY)
+        assert features is not None
+        torch.testing.assert_close(features.before, _features(1).before)
+        _keep(through_b, "c", "d")  # past the limit: b's retention evicts the file a wrote
+        assert [item.filename for item in through_a.recent()] == ["d.png", "c.png", "b.png"]
+        assert len(list(shared.rglob("*.png"))) == 3
+        monkeypatch.chdir(machines["machine-b"])  # another machine's default folder lacks the files
+        with pytest.raises(RetentionError, match="is missing from"):
+            RetentionStore.for_line(alone, "line-1").read_image(items[0])
+    finally:
+        for registry in (first, second, alone):
+            registry.close()

@@ -143,9 +143,10 @@ def register(app: typer.Typer) -> None:
     def line_show(
         name: Annotated[str | None, typer.Argument(help="Line name; all lines when left out.")] = None,
         db: DbOption = DEFAULT_DB,
+        retained_dir: opt.RetainedDir = None,
     ) -> None:
         """Show a line's settings and active normalities (or list all lines)."""
-        with Registry(db) as registry:
+        with Registry(db, retained_dir=retained_dir) as registry:
             if name is None:
                 table = Table("line", "class", "detector", "backbone", "normalities", "created")
                 for line in registry.lines():
@@ -335,6 +336,7 @@ def register(app: typer.Typer) -> None:
         who: WhoOption = None,
         why: WhyOption = "",
         device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "cpu",
+        retained_dir: opt.RetainedDir = None,
     ) -> None:
         """Show which parts a normality would let through, before switching it on (stores nothing)."""
         from normadd.registry.line_model import LineModel
@@ -343,7 +345,7 @@ def register(app: typer.Typer) -> None:
 
         quiet_libraries()
         limits = {"max_area": max_area, "max_length": max_length, "region": str(region) if region else None}
-        with Registry(db) as registry:
+        with Registry(db, retained_dir=retained_dir) as registry:
             model = LineModel.load(registry, line, resolve_runtime(device))
             report = preview(
                 model,

@@ -127,6 +127,16 @@ RayAddress = Annotated[
         "runs here) or host:6379 (a cluster's head).",
     ),
 ]
+# Where a registry keeps retained part images (serve, normality preview, line show): not a line setting.
+RetainedDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--retained-dir",
+        help="Folder of the registry's retained part images (default: <file>.retained beside an SQLite "
+        "registry, <database>.retained in the working folder for PostgreSQL); replicas on several "
+        "machines share one folder on shared storage (serve: default the config's service.retained_dir).",
+    ),
+]
 Device = Annotated[str, typer.Option(help=f"{', '.join(DEVICES[:-1])} or {DEVICES[-1]}.")]
 Precision = Annotated[
     str,

@@ -25,11 +25,12 @@ def serve(
     runtime: str | None = None,
     export: Path | None = None,
     lines: str | None = None,
+    retained_dir: Path | None = None,
 ) -> None:
     """Load the served lines once and serve them until interrupted.
 
-    ``runtime``, ``export`` and ``lines`` (``a,b``) override the config's ``service.runtime``,
-    ``service.export`` and ``service.lines``.
+    ``runtime``, ``export``, ``lines`` (``a,b``) and ``retained_dir`` override the config's
+    ``service.runtime``, ``service.export``, ``service.lines`` and ``service.retained_dir``.
 
     Raises:
         NormaddError: Bad config, no API key, or a model that cannot be loaded.
@@ -43,6 +44,8 @@ def serve(
     settings = config if isinstance(config, ServiceConfig) else ServiceConfig.from_yaml(config)
     if lines is not None:
         settings.lines = parse_lines(lines)
+    if retained_dir is not None:
+        settings.retained_dir = retained_dir
     settings.allow_broken_audit_chain = settings.allow_broken_audit_chain or allow_broken_chain
     if runtime is not None or export is not None:
         # A config without an export resolved its runtime to torch; a new --export starts from auto again.
@@ -95,6 +98,7 @@ def register(app: typer.Typer) -> None:
                 "the config's service.lines).",
             ),
         ] = None,
+        retained_dir: opt.RetainedDir = None,
     ) -> None:
         """Serve inspections, normalities, the audit log and the web page of the registry's lines over HTTP.
 
@@ -140,4 +144,4 @@ def register(app: typer.Typer) -> None:
             settings.line = settings.line or class_name
         if settings.line_config is not None:
             settings.line_config = opt.apply_line_options(settings.line_config, **line_options)
-        serve(settings, host, port, log_level, allow_broken_audit_chain, runtime, export, lines)
+        serve(settings, host, port, log_level, allow_broken_audit_chain, runtime, export, lines, retained_dir)

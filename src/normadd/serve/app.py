@@ -183,7 +183,7 @@ class Service:
             )
         self.settings = settings
         self.runtime = resolve_runtime(settings.device)
-        self.registry = Registry(settings.database)
+        self.registry = Registry(settings.database, retained_dir=settings.retained_dir)
         self.lines: dict[str, ServedLine] = {}
         self.encoders = EncoderPool() if settings.share_encoders else None
         self._shared: dict[int, LinesBatcher] = {}  # id of an encoder -> the batcher of the lines on it

@@ -19,6 +19,7 @@ already holds (every one, or ``service.lines``) and creates none::
     database: postgresql://plant@db:5432/normadd
     service:
       lines: [bottle-line-3, cap-line-1]
+      retained_dir: /mnt/shared/normadd-retained   # retained part images, one folder for every replica
 
 API keys map a name (written to the audit log as *who*) to a secret and scopes
 (:mod:`normadd.serve.authority`). The service keeps only the secret's scrypt hash; ``normadd key
@@ -71,6 +72,9 @@ class ServiceConfig:
         share_encoders: Lines on the same CLIP encoder (backbone, weights, layers, image size,
             device, precision) share one copy of it and one image pass per micro-batch; False
             loads one encoder per line (more memory; kept for comparison).
+        retained_dir: Folder of the retained part images (relative to the config file, like
+            ``database``); None: ``<file>.retained`` beside an SQLite registry, ``<database>.retained``
+            in the working folder for PostgreSQL. Replicas on several machines give one shared folder.
     """
 
     line: str | None = None
@@ -88,6 +92,7 @@ class ServiceConfig:
     export: Path | None = None
     lines: list[str] | None = None
     share_encoders: bool = True
+    retained_dir: Path | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_upload_bytes", "max_images_per_request", "max_image_pixels", "batch_max_images"):
@@ -101,6 +106,7 @@ class ServiceConfig:
             self.line = self.line_config.class_name
         self.lines = parse_lines(self.lines)
         self.export = Path(self.export) if self.export is not None else None
+        self.retained_dir = Path(self.retained_dir) if self.retained_dir is not None else None
         if self.export is not None and self.line is None:
             raise NormaddError(
                 "service.export needs the line it was exported from: give service.line: NAME "
@@ -138,9 +144,12 @@ class ServiceConfig:
             database = Path(database) if Path(database).is_absolute() else path.parent / database
         if line_config is not None:
             service.setdefault("line", line_config.class_name)
-        export = service.get("export")
-        if export is not None and not Path(export).is_absolute():  # relative to the config file, like database
-            service["export"] = path.parent / export
+        for key in ("export", "retained_dir"):  # relative to the config file, like database
+            folder = service.get(key)
+            if folder is not None and not isinstance(folder, str):
+                raise NormaddError(f"{path}: service.{key} must be a folder path, got {folder!r}")
+            if folder is not None and not Path(folder).is_absolute():
+                service[key] = path.parent / folder
         return cls(line_config=line_config, database=database or DEFAULT_DATABASE, **service)
 
 
