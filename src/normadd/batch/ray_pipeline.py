@@ -2,9 +2,11 @@
 
 Ray does the distribution: a dataset of forward batches (each row one batch of image paths, the
 same batches the local path runs, so every actor pass sees what a local pass sees and the floats
-agree) goes through ``map_batches`` on an :class:`ray.data.ActorPoolStrategy` pool. Each actor
-builds one line in its ``__init__`` with the local path's factory (:func:`normadd.factory.build_addition`)
-and runs the local path's per-batch functions (:func:`normadd.inspection.score_batch`,
+agree) goes through ``map_batches`` on an :class:`ray.data.ActorPoolStrategy` pool. A command is one
+such execution: an evaluation's rows are every class's passes, each row naming its line and pass.
+Each actor builds a line on its first batch of it with the local path's factory
+(:func:`normadd.factory.build_addition`) on one encoder pool (a backbone loads once per actor per
+command) and runs the local path's per-batch functions (:func:`normadd.inspection.score_batch`,
 :func:`normadd.evaluation.runner.record_outcomes`, :func:`~normadd.evaluation.runner.good_score_outcomes`).
 Results stream back in input order (``preserve_order``) and this process writes them into the same
 files as the local path. One actor per GPU (``num_gpus=1``) when the cluster has GPUs, else one
