@@ -28,7 +28,7 @@ import os
 import pickle
 import socket
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType, TracebackType
@@ -363,7 +363,7 @@ def run_jobs(
     device: str = "auto",
     precision: str = "auto",
     policy: DecisionPolicy | None = None,
-) -> Iterator[BatchResult]:
+) -> Generator[BatchResult, None, None]:
     """Every forward batch of every job, as one Ray Data execution on one actor pool, in input order.
 
     A job is ``(kind, line, paths)``: ``kind`` (``inspect``, ``records`` or ``good_scores``) names the
@@ -439,10 +439,14 @@ def run_batches(
     Raises:
         NormaddError: An actor's NormaddError (one line), or the Ray failure in one line.
     """
-    for batch in run_jobs(session, [config], [(kind, 0, paths)], batch_size, resize, device, precision, policy):
-        if isinstance(batch.result, NormaddError):
-            raise batch.result
-        yield batch.paths, batch.result
+    batches = run_jobs(session, [config], [(kind, 0, paths)], batch_size, resize, device, precision, policy)
+    try:
+        for batch in batches:
+            if isinstance(batch.result, NormaddError):
+                raise batch.result
+            yield batch.paths, batch.result
+    finally:  # stop the execution now, not when the generator is collected
+        batches.close()
 
 
 @dataclass
@@ -532,6 +536,10 @@ class RayImagePass:
             if request.config not in configs:
                 configs.append(request.config)
             jobs.append((request.kind, configs.index(request.config), request.paths))
-        for batch in run_jobs(self.session, configs, jobs, batch_size, resize, self.device, self.precision):
-            self.loads[batch.actor] = max(batch.loads, self.loads.get(batch.actor, 0))
-            yield batch.job, batch.result
+        batches = run_jobs(self.session, configs, jobs, batch_size, resize, self.device, self.precision)
+        try:
+            for batch in batches:
+                self.loads[batch.actor] = max(batch.loads, self.loads.get(batch.actor, 0))
+                yield batch.job, batch.result
+        finally:  # stop the execution now, not when the generator is collected
+            batches.close()
