@@ -536,12 +536,10 @@ class _PreparedClass:
     groups: list[AnomalyGroup]
     normalities: list[AddedNormality]
     cache: FeatureCache
-    identity: list[object]
     digests: list[str]
     records: list[ImageRecord | None]
     missing: list[int]
     good: _GoodPlan | None
-    notes: list[str] = field(default_factory=list)
     requests: dict[str, int] = field(default_factory=dict)  # pass kind -> request index in the job
 
 
@@ -742,7 +740,7 @@ class Evaluator:
         missing = [i for i, record in enumerate(records) if record is None]
         good = self._good_plan(identity, name) if self.settings.false_reject is not None else None
         return _PreparedClass(
-            test_set, config, addition, groups, normalities, cache, identity, digests, records, missing, good
+            test_set, config, addition, groups, normalities, cache, digests, records, missing, good
         )
 
     def _finish_class(self, prepared: _PreparedClass) -> ClassEvaluation | None:
