@@ -121,19 +121,19 @@ def test_inspect_on_ray_writes_the_local_files_rows_and_order(
     assert written["ray"] == written["local"]
 
 
-def _subset(bottle: Path, root: Path) -> Path:
-    """A small bottle set (symlinks): a few test images per type, their masks, a few train/good."""
+def _subset(bottle: Path, root: Path, name: str = "bottle") -> Path:
+    """A small bottle set (symlinks) as class ``name``: a few test images per type, their masks, a few train/good."""
     for folder, count in EVALUATED.items():
         for image in _first(bottle / "test" / folder, count):
-            target = root / "bottle" / "test" / folder / image.name
+            target = root / name / "test" / folder / image.name
             target.parent.mkdir(parents=True, exist_ok=True)
             target.symlink_to(image)
             mask = bottle / "ground_truth" / folder / f"{image.stem}_mask.png"
             if mask.is_file():
-                (root / "bottle" / "ground_truth" / folder).mkdir(parents=True, exist_ok=True)
-                (root / "bottle" / "ground_truth" / folder / mask.name).symlink_to(mask)
+                (root / name / "ground_truth" / folder).mkdir(parents=True, exist_ok=True)
+                (root / name / "ground_truth" / folder / mask.name).symlink_to(mask)
     for image in _first(bottle / "train" / "good", TRAIN_GOOD):
-        target = root / "bottle" / "train" / "good" / image.name
+        target = root / name / "train" / "good" / image.name
         target.parent.mkdir(parents=True, exist_ok=True)
         target.symlink_to(image)
     return root
@@ -187,3 +187,35 @@ def test_without_the_ray_extra_one_line_names_it(
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "pip install 'normadd[ray]'" in lines[0], result.output
     assert not out.exists()
+
+
+def test_evaluate_on_ray_loads_the_model_once_per_actor_for_all_classes_and_passes(
+    ray_runtime: Any, bottle_dir: Path, tmp_path: Path
+) -> None:
+    """Two classes x (test records + train/good): one job, one pool, each actor loads the backbone once."""
+    import numpy as np
+
+    from normadd.batch.ray_pipeline import RayImagePass, connect
+    from normadd.config import LineConfig
+    from normadd.evaluation.runner import EvaluationSettings, evaluate
+
+    data = _subset(bottle_dir, tmp_path / "data")
+    _subset(bottle_dir, data, "vial")  # a second class of the same images: one group per defect type
+    line = LineConfig(class_name="bottle", backbone="tiny-random")
+    settings = EvaluationSettings(data=data, line=line, batch_size=4, use_cache=False, false_reject=0.2)
+    local = evaluate(settings)
+    with connect() as session:
+        image_pass = RayImagePass(session)
+        on_ray = evaluate(settings, image_pass=image_pass)
+    assert [c.name for c in on_ray.classes] == [c.name for c in local.classes] == ["bottle", "vial"]
+    for ours, theirs in zip(on_ray.classes, local.classes, strict=True):
+        np.testing.assert_allclose(ours.scores_before, theirs.scores_before, atol=1e-6)
+        np.testing.assert_allclose(ours.scores_after, theirs.scores_after, atol=1e-6)
+        assert [d.threshold for d in ours.decisions] == pytest.approx([d.threshold for d in theirs.decisions], abs=1e-6)
+        assert ours.decisions and len(ours.decisions) == len(theirs.decisions)
+    assert on_ray.notes == local.notes
+    passes = 2 * 2  # records and train/good scores of each class
+    # One pool for the run: at most one actor per CPU of the runtime (2), fewer than the passes it
+    # ran (a pool per pass would have had at least one actor per pass), and each loaded one encoder.
+    assert 1 <= len(image_pass.loads) <= session.actors < passes, image_pass.loads
+    assert set(image_pass.loads.values()) == {1}, image_pass.loads

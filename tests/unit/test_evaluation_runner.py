@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -206,3 +207,57 @@ def test_an_evaluation_of_three_classes_loads_each_encoder_once(
     result = evaluator.run()
     assert sorted(c.name for c in result.classes) == ["gadget", "gizmo", "widget"]
     assert len(built) == loads == evaluator.encoders.loads  # tiny-random (and WinCLIP's tiny-random-winclip)
+
+
+class _InProcessJob:
+    """An :class:`~normadd.evaluation.runner.ImagePass` running the job here, recording what it was given."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[tuple[str, str, int]]] = []
+
+    def run_all(
+        self, requests: list[runner_module.PassRequest], batch_size: int, resize: str
+    ) -> Iterator[runner_module.PassBatch]:
+        self.calls.append([(r.kind, r.config.class_name, len(r.paths)) for r in requests])
+        for number, request in enumerate(requests):
+            model = build_addition(request.config)
+            compute = runner_module.record_outcomes if request.kind == "records" else runner_module.good_score_outcomes
+            for start in range(0, len(request.paths), batch_size):
+                yield number, compute(model, request.paths[start : start + batch_size], resize)
+
+
+def test_an_image_pass_gets_every_class_and_pass_as_one_job_and_gives_the_local_results(dataset: Path) -> None:
+    for index in range(4):
+        _noise_png(dataset / "widget" / "train" / "good" / f"{index:03d}.png", 100 + index)
+    _make_class(dataset, "gadget", ("scratch", "dent"))
+    settings = _settings(dataset, ["widget", "blank", "gadget"], false_reject=0.25)
+    local = Evaluator(settings).run()
+    job = _InProcessJob()
+    remote = Evaluator(settings, image_pass=job).run()
+    assert job.calls == [[("records", "widget", 12), ("good_scores", "widget", 4), ("records", "gadget", 9)]]
+    assert [c.name for c in remote.classes] == [c.name for c in local.classes] == ["widget", "gadget"]
+    for ours, theirs in zip(remote.classes, local.classes, strict=True):
+        np.testing.assert_allclose(ours.scores_after, theirs.scores_after, atol=1e-6)
+        assert [d.threshold for d in ours.decisions] == [d.threshold for d in theirs.decisions]
+    assert remote.notes == local.notes  # in class order, as the local run says them
+    unchanged = {"seconds": 0, "prompts_encoded": 0}  # wall time; the text cache is warm after the first run
+    assert dataclasses.replace(remote.cost, **unchanged) == dataclasses.replace(local.cost, **unchanged)
+
+
+def test_the_pass_stream_skips_requests_nobody_reads_and_raises_a_batch_error_in_its_request() -> None:
+    outcome = runner_module.ImageOutcome
+    batches: list[runner_module.PassBatch] = [
+        (0, [outcome(Path("a"))]),
+        (1, [outcome(Path("b"))]),
+        (1, NormaddError("refused")),
+        (1, [outcome(Path("c"))]),
+        (2, [outcome(Path("d"))]),
+    ]
+    stream = runner_module._PassStream(iter(batches))
+    seen: list[str] = []
+    with pytest.raises(NormaddError, match="refused"):
+        for item in stream.take(1):  # request 0 was never read: passed over
+            seen.append(item.path.name)
+    assert seen == ["b"]
+    assert [o.path.name for o in stream.take(2)] == ["d"]  # the rest of request 1 is passed over
+    assert list(stream.take(3)) == []

@@ -2,9 +2,11 @@
 
 Ray does the distribution: a dataset of forward batches (each row one batch of image paths, the
 same batches the local path runs, so every actor pass sees what a local pass sees and the floats
-agree) goes through ``map_batches`` on an :class:`ray.data.ActorPoolStrategy` pool. Each actor
-builds one line in its ``__init__`` with the local path's factory (:func:`normadd.factory.build_addition`)
-and runs the local path's per-batch functions (:func:`normadd.inspection.score_batch`,
+agree) goes through ``map_batches`` on an :class:`ray.data.ActorPoolStrategy` pool. A command is one
+such execution: an evaluation's rows are every class's passes, each row naming its line and pass.
+Each actor builds a line on its first batch of it with the local path's factory
+(:func:`normadd.factory.build_addition`) on one encoder pool (a backbone loads once per actor per
+command) and runs the local path's per-batch functions (:func:`normadd.inspection.score_batch`,
 :func:`normadd.evaluation.runner.record_outcomes`, :func:`~normadd.evaluation.runner.good_score_outcomes`).
 Results stream back in input order (``preserve_order``) and this process writes them into the same
 files as the local path. One actor per GPU (``num_gpus=1``) when the cluster has GPUs, else one
@@ -26,7 +28,7 @@ import os
 import pickle
 import socket
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType, TracebackType
@@ -37,8 +39,9 @@ from normadd.errors import NormaddError
 if TYPE_CHECKING:
     from normadd.config import LineConfig
     from normadd.decisions.policy import DecisionPolicy
-    from normadd.evaluation.runner import ImageOutcome, PassKind
+    from normadd.evaluation.runner import ImageOutcome, PassRequest
     from normadd.inspection import InspectionReport, LineSummary
+    from normadd.normality.addition import NormalityAddition
 
 RAY_EXTRA_HINT = "pip install 'normadd[ray]'"
 LOCAL = "local"
@@ -231,16 +234,19 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> RaySessi
 
 
 class LineActor:
-    """One line per Ray actor: built once in ``__init__``, then one forward batch per dataset row.
+    """The lines of one command per Ray actor: each built on its first batch, on one encoder pool.
 
-    A :class:`~normadd.errors.NormaddError` (building the line, a batch the detector refuses) is
-    not raised here but returned as the row's result, so this process says it in one line.
+    Every row is one forward batch of one line (``line``: an index into ``configs``) and pass kind.
+    The actor holds an :class:`~normadd.backbone.pool.EncoderPool`, so lines on the same backbone
+    (every class of an evaluation) share one encoder: a model loads once per actor for the whole
+    command, whichever classes and passes its batches belong to. A
+    :class:`~normadd.errors.NormaddError` (building a line, a batch the detector refuses) is not
+    raised here but returned as the row's result, so this process says it in one line.
 
     Args:
-        config: The line (the same :class:`~normadd.config.LineConfig` the local path builds).
+        configs: The lines (the same :class:`~normadd.config.LineConfig` the local path builds).
         device: ``--device`` word, resolved on the actor's own machine (``auto``: its GPU if any).
         precision: ``--precision`` word.
-        kind: ``inspect``, ``records`` or ``good_scores``: which local per-batch function runs.
         resize: How images become square.
         policy: Decisions of an inspection (verdicts), or None.
         cwd: The directory the command ran in: relative paths mean the same here when it exists.
@@ -248,59 +254,70 @@ class LineActor:
 
     def __init__(
         self,
-        config: LineConfig,
+        configs: Sequence[LineConfig],
         device: str,
         precision: str,
-        kind: str,
         resize: str,
         policy: DecisionPolicy | None = None,
         cwd: str | None = None,
     ) -> None:
-        from normadd.factory import build_addition
-        from normadd.inspection import LineSummary, line_notes
-        from normadd.runtime import resolve_runtime
+        from normadd.backbone.pool import EncoderPool
 
         logging.getLogger().setLevel(logging.ERROR)  # open_clip's "randomly initialised" and the like
         if cwd is not None and os.path.isdir(cwd):
             os.chdir(cwd)
-        self.kind = kind
+        self.configs = list(configs)
+        self.device = device
+        self.precision = precision
         self.resize = resize
         self.policy = policy
-        self.error: NormaddError | None = None
-        try:
-            self.model = build_addition(config, resolve_runtime(device, precision))
-        except NormaddError as error:
-            self.error = error
-            return
-        self.summary: LineSummary = LineSummary.of(self.model)
-        self.notes = line_notes(self.model)
+        self.encoders = EncoderPool()
+        self.lines: dict[int, tuple[NormalityAddition, LineSummary, list[tuple[str, str]]] | NormaddError] = {}
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
 
-    def _run(self, chunk: list[Path]) -> Any:
+    def _line(self, index: int) -> tuple[NormalityAddition, LineSummary, list[tuple[str, str]]]:
+        """Line ``index``, built on its first use with the local factory; raises the NormaddError it raised then."""
+        from normadd.factory import build_addition
+        from normadd.inspection import LineSummary, line_notes
+        from normadd.runtime import resolve_runtime
+
+        if index not in self.lines:
+            try:
+                runtime = resolve_runtime(self.device, self.precision)
+                model = build_addition(self.configs[index], runtime, encoders=self.encoders)
+                self.lines[index] = (model, LineSummary.of(model), line_notes(model))
+            except NormaddError as error:
+                self.lines[index] = error
+        line = self.lines[index]
+        if isinstance(line, NormaddError):
+            raise line
+        return line
+
+    def _run(self, kind: str, index: int, chunk: list[Path]) -> Any:
         from normadd.evaluation.runner import good_score_outcomes, record_outcomes
         from normadd.inspection import score_batch
 
-        if self.kind == "inspect":
-            check_images = getattr(self.model.detector, "check_images", None)
+        model, summary, notes = self._line(index)
+        if kind == "inspect":
+            check_images = getattr(model.detector, "check_images", None)
             if callable(check_images):  # saved maps: checked batch by batch here, all first locally
                 check_images(chunk)
-            scored, failures = score_batch(self.model, chunk, self.resize, self.policy)
-            return (self.summary, self.notes, failures, scored)
-        if self.kind == "records":
-            return record_outcomes(self.model, chunk, self.resize)
-        return good_score_outcomes(self.model, chunk, self.resize)
+            scored, failures = score_batch(model, chunk, self.resize, self.policy)
+            return (summary, notes, failures, scored)
+        if kind == "records":
+            return record_outcomes(model, chunk, self.resize)
+        return good_score_outcomes(model, chunk, self.resize)
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, list[bytes]]:
-        """Run each row's batch of paths; ``("ok", result)`` or ``("error", NormaddError)`` pickled per row."""
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
+        """Run each row's batch: ``("ok", result)`` or ``("error", NormaddError)`` pickled, with actor and loads."""
         payloads: list[bytes] = []
-        for paths in batch["paths"]:
-            if self.error is not None:
-                payloads.append(_pickled_error(self.error))
-                continue
+        for kind, index, paths in zip(batch["kind"], batch["line"], batch["paths"], strict=True):
             try:
-                payloads.append(pickle.dumps(("ok", self._run([Path(str(p)) for p in paths]))))
+                payloads.append(pickle.dumps(("ok", self._run(str(kind), int(index), [Path(str(p)) for p in paths]))))
             except NormaddError as error:
                 payloads.append(_pickled_error(error))
-        return {"payload": payloads}
+        count = len(payloads)
+        return {"payload": payloads, "actor": [self.name] * count, "loads": [self.encoders.loads] * count}
 
 
 def _pickled_error(error: NormaddError) -> bytes:
@@ -318,6 +335,94 @@ def _ray_failure(error: BaseException) -> NormaddError:
     )
 
 
+@dataclass
+class BatchResult:
+    """What an actor gave for one forward batch.
+
+    Attributes:
+        job: Index of the job (``(kind, line, paths)``) the batch belongs to.
+        paths: The batch's image paths.
+        result: The per-batch function's result, or the NormaddError it raised.
+        actor: The actor that ran it (``host:pid``).
+        loads: Encoders that actor had loaded (model weights) when it finished the batch.
+    """
+
+    job: int
+    paths: list[Path]
+    result: Any
+    actor: str
+    loads: int
+
+
+def run_jobs(
+    session: RaySession,
+    configs: Sequence[LineConfig],
+    jobs: Sequence[tuple[str, int, Sequence[Path]]],
+    batch_size: int,
+    resize: str,
+    device: str = "auto",
+    precision: str = "auto",
+    policy: DecisionPolicy | None = None,
+) -> Generator[BatchResult, None, None]:
+    """Every forward batch of every job, as one Ray Data execution on one actor pool, in input order.
+
+    A job is ``(kind, line, paths)``: ``kind`` (``inspect``, ``records`` or ``good_scores``) names the
+    local per-batch function, ``line`` indexes ``configs``. The jobs' batches are the rows of one
+    dataset, so the pool (and each actor's models) lives for the whole command.
+
+    Raises:
+        NormaddError: Ray's own failure in one line (an actor's NormaddError is the batch's result).
+    """
+    ray = import_ray()
+    rows = [
+        (number, [Path(p) for p in paths[start : start + batch_size]])
+        for number, (_kind, _line, paths) in enumerate(jobs)
+        for start in range(0, len(paths), batch_size)
+    ]
+    if not rows:
+        return
+    dataset = ray.data.from_items(
+        [{"kind": jobs[n][0], "line": jobs[n][1], "paths": [str(p) for p in chunk]} for n, chunk in rows]
+    )
+    with warnings.catch_warnings():
+        # max_restarts=0: a failed actor fails the run in one line (Ray's default restarts it forever,
+        # and its core then logs an E-level line about constructor arguments on the console). Ray 2.60
+        # takes it only as a deprecated extra keyword (removal announced for 2.64: pyproject keeps <2.64).
+        warnings.simplefilter("ignore", DeprecationWarning)
+        mapped = dataset.map_batches(
+            LineActor,
+            fn_constructor_kwargs={
+                "configs": list(configs),
+                "device": device,
+                "precision": precision,
+                "resize": resize,
+                "policy": policy,
+                "cwd": os.getcwd(),
+            },
+            batch_size=1,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=min(session.actors, len(rows))),
+            runtime_env={"env_vars": dict(session.env)} if session.env else None,
+            max_restarts=0,
+            **session.actor_resources,
+        )
+    results = iter(mapped.iter_rows())
+    try:
+        for number, chunk in rows:
+            try:
+                row = next(results)
+            except StopIteration:
+                raise NormaddError(f"the Ray run returned fewer batches than the {len(rows)} sent") from None
+            except Exception as error:  # Ray's own failures; an actor's NormaddError comes back as a result
+                raise _ray_failure(error) from None
+            _status, result = pickle.loads(row["payload"])
+            yield BatchResult(number, chunk, result, str(row["actor"]), int(row["loads"]))
+    finally:  # stop the streaming execution (its threads) before the runtime may be shut down
+        close = getattr(results, "close", None)
+        if callable(close):
+            close()
+
+
 def run_batches(
     session: RaySession,
     kind: str,
@@ -329,56 +434,19 @@ def run_batches(
     precision: str = "auto",
     policy: DecisionPolicy | None = None,
 ) -> Iterator[tuple[list[Path], Any]]:
-    """Each forward batch of ``paths`` with what its actor returned, in input order, as results arrive.
+    """Each forward batch of ``paths`` on one line with what its actor returned, in input order, as results arrive.
 
     Raises:
         NormaddError: An actor's NormaddError (one line), or the Ray failure in one line.
     """
-    ray = import_ray()
-    chunks = [list(paths[start : start + batch_size]) for start in range(0, len(paths), batch_size)]
-    if not chunks:
-        return
-    dataset = ray.data.from_items([{"paths": [str(p) for p in chunk]} for chunk in chunks])
-    with warnings.catch_warnings():
-        # max_restarts=0: a failed actor fails the run in one line (Ray's default restarts it forever,
-        # and its core then logs an E-level line about constructor arguments on the console). Ray 2.60
-        # takes it only as a deprecated extra keyword (removal announced for 2.64: pyproject keeps <2.64).
-        warnings.simplefilter("ignore", DeprecationWarning)
-        mapped = dataset.map_batches(
-            LineActor,
-            fn_constructor_kwargs={
-                "config": config,
-                "device": device,
-                "precision": precision,
-                "kind": kind,
-                "resize": resize,
-                "policy": policy,
-                "cwd": os.getcwd(),
-            },
-            batch_size=1,
-            batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=min(session.actors, len(chunks))),
-            runtime_env={"env_vars": dict(session.env)} if session.env else None,
-            max_restarts=0,
-            **session.actor_resources,
-        )
-    rows = iter(mapped.iter_rows())
+    batches = run_jobs(session, [config], [(kind, 0, paths)], batch_size, resize, device, precision, policy)
     try:
-        for number, chunk in enumerate(chunks):
-            try:
-                row = next(rows)
-            except StopIteration:
-                raise NormaddError(f"the Ray run returned {number} of {len(chunks)} batches") from None
-            except Exception as error:  # Ray's own failures; an actor's NormaddError comes back as a result
-                raise _ray_failure(error) from None
-            status, result = pickle.loads(row["payload"])
-            if status == "error":
-                raise result
-            yield chunk, result
-    finally:  # stop the streaming execution (its threads) before the runtime may be shut down
-        close = getattr(rows, "close", None)
-        if callable(close):
-            close()
+        for batch in batches:
+            if isinstance(batch.result, NormaddError):
+                raise batch.result
+            yield batch.paths, batch.result
+    finally:  # stop the execution now, not when the generator is collected
+        batches.close()
 
 
 @dataclass
@@ -438,24 +506,40 @@ def inspect_on_ray(
 
 
 class RayImagePass:
-    """An evaluation's image passes on Ray (:class:`normadd.evaluation.runner.ImagePass`).
+    """An evaluation's image passes on Ray (:class:`normadd.evaluation.runner.ImagePass`): one job for the run.
+
+    Every class's passes (test records, train/good scores) are the rows of one Ray Data execution
+    on one actor pool, so each actor loads a backbone once for the whole evaluation.
 
     Args:
         session: The Ray connection.
         device: ``--device`` word for the actors.
         precision: ``--precision`` word for the actors.
+
+    Attributes:
+        loads: Encoders each actor (``host:pid``) had loaded by its last batch of the run.
     """
 
     def __init__(self, session: RaySession, device: str = "auto", precision: str = "auto") -> None:
         self.session = session
         self.device = device
         self.precision = precision
+        self.loads: dict[str, int] = {}
 
-    def run(
-        self, kind: PassKind, config: LineConfig, paths: Sequence[Path], batch_size: int, resize: str
-    ) -> Iterator[ImageOutcome]:
-        """One outcome per path, streamed in order, computed by the actor pool."""
-        for _chunk, outcomes in run_batches(
-            self.session, kind, config, paths, batch_size, resize, self.device, self.precision
-        ):
-            yield from outcomes
+    def run_all(
+        self, requests: Sequence[PassRequest], batch_size: int, resize: str
+    ) -> Iterator[tuple[int, list[ImageOutcome] | NormaddError]]:
+        """``(request index, outcomes or error)`` per forward batch, streamed in order, computed by the actor pool."""
+        configs: list[LineConfig] = []
+        jobs: list[tuple[str, int, Sequence[Path]]] = []
+        for request in requests:
+            if request.config not in configs:
+                configs.append(request.config)
+            jobs.append((request.kind, configs.index(request.config), request.paths))
+        batches = run_jobs(self.session, configs, jobs, batch_size, resize, self.device, self.precision)
+        try:
+            for batch in batches:
+                self.loads[batch.actor] = max(batch.loads, self.loads.get(batch.actor, 0))
+                yield batch.job, batch.result
+        finally:  # stop the execution now, not when the generator is collected
+            batches.close()

@@ -18,7 +18,7 @@ import functools
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
@@ -448,20 +448,99 @@ def good_score_outcomes(addition: NormalityAddition, paths: Sequence[Path], resi
     return outcomes + [ImageOutcome(p, score=float(s)) for p, s in zip(loaded, scores, strict=True)]
 
 
-class ImagePass(Protocol):
-    """Runs an evaluation's image passes somewhere else (a Ray cluster: :mod:`normadd.batch.ray_pipeline`).
+@dataclass
+class PassRequest:
+    """One image pass an evaluation needs: a pass kind over some images of one class's line.
 
-    It builds the class's line from ``config`` wherever the images are scored and gives one
-    :class:`ImageOutcome` per path, in the order of ``paths``, exactly as :func:`record_outcomes`
-    (``kind="records"``) or :func:`good_score_outcomes` (``kind="good_scores"``) would over
-    consecutive batches of ``batch_size``.
+    Attributes:
+        kind: ``records`` (test images) or ``good_scores`` (train/good images for the threshold).
+        config: The class's line.
+        paths: The images, in order.
     """
 
-    def run(
-        self, kind: PassKind, config: LineConfig, paths: Sequence[Path], batch_size: int, resize: str
-    ) -> Iterable[ImageOutcome]:
-        """The outcomes of ``paths``, streamed in order."""
+    kind: PassKind
+    config: LineConfig
+    paths: list[Path]
+
+
+PassBatch = tuple[int, "list[ImageOutcome] | NormaddError"]
+
+
+class ImagePass(Protocol):
+    """Runs all of an evaluation's image passes elsewhere as one job (Ray: :mod:`normadd.batch.ray_pipeline`).
+
+    For each request it builds the class's line from ``config`` wherever the images are scored
+    and yields, batch by batch and in request order, ``(request index, outcomes)``: the
+    :class:`ImageOutcome` list :func:`record_outcomes` (``kind="records"``) or
+    :func:`good_score_outcomes` (``kind="good_scores"``) gives for each consecutive batch of
+    ``batch_size`` paths, or the :class:`~normadd.errors.NormaddError` that batch raised.
+    """
+
+    def run_all(self, requests: Sequence[PassRequest], batch_size: int, resize: str) -> Iterator[PassBatch]:
+        """The batches of every request, streamed in order."""
         ...
+
+
+class _PassStream:
+    """The batches of one :meth:`ImagePass.run_all`, handed out request by request in request order.
+
+    Batches of a request nobody asked for (its class was skipped on the way) are passed over.
+    """
+
+    def __init__(self, batches: Iterator[PassBatch]) -> None:
+        self._batches = batches
+        self._ahead: PassBatch | None = None
+
+    def take(self, index: int) -> Iterator[ImageOutcome]:
+        """The outcomes of request ``index``; raises the NormaddError of a batch that raised one."""
+        while True:
+            if self._ahead is None:
+                self._ahead = next(self._batches, None)
+                if self._ahead is None:
+                    return
+            number, result = self._ahead
+            if number > index:
+                return
+            self._ahead = None
+            if number < index:
+                continue
+            if isinstance(result, NormaddError):
+                raise result
+            yield from result
+
+    def close(self) -> None:
+        """Stop the job (its streaming execution) when the evaluation ends early."""
+        close = getattr(self._batches, "close", None)
+        if callable(close):
+            close()
+
+
+@dataclass
+class _GoodPlan:
+    """The train/good images of a class, what the calibration cache already knows, and what is left to score."""
+
+    paths: list[Path]
+    digests: list[str]
+    known: dict[str, float]
+    missing: list[int]
+    cache_file: Path
+
+
+@dataclass
+class _PreparedClass:
+    """A class up to its image passes: its line, groups, texts, cache state and the passes it needs."""
+
+    test_set: ClassTestSet
+    config: LineConfig
+    addition: NormalityAddition
+    groups: list[AnomalyGroup]
+    normalities: list[AddedNormality]
+    cache: FeatureCache
+    digests: list[str]
+    records: list[ImageRecord | None]
+    missing: list[int]
+    good: _GoodPlan | None
+    requests: dict[str, int] = field(default_factory=dict)  # pass kind -> request index in the job
 
 
 @dataclass
@@ -486,7 +565,10 @@ class Evaluator:
         build: Builds a class's detector with its normality detector (the factory by default, with
             one :class:`~normadd.backbone.pool.EncoderPool` for the run: each encoder loads once).
         image_pass: Where the image passes run (a Ray cluster); in this process when None. The
-            class's line is still built here for the group texts and the scoring from records.
+            class's line is still built here for the group texts and the scoring from records. The
+            passes of every class then run as one job (one model load per worker for the run): every
+            class is prepared (line, texts, caches) before the first image pass, and its notes are
+            said in class order as the local path says them.
     """
 
     def __init__(
@@ -507,6 +589,7 @@ class Evaluator:
         self.encoders = EncoderPool()
         self.build = build or functools.partial(build_addition, progress=self.progress, encoders=self.encoders)
         self.image_pass = image_pass
+        self._stream: _PassStream | None = None
         self.notes: list[str] = []
         self.cost = CostCounts()
         self.model_description = ""
@@ -542,10 +625,13 @@ class Evaluator:
             test_sets.append(test_set)
         if test_sets:  # no readable image at all: say so before any model loads
             first_readable([image.path for test_set in test_sets for image in test_set.images])
-        for test_set in test_sets:
-            evaluation = self.evaluate_class(test_set, configured)
-            if evaluation is not None:
-                evaluations.append(evaluation)
+        if self.image_pass is None:
+            for test_set in test_sets:
+                evaluation = self.evaluate_class(test_set, configured)
+                if evaluation is not None:
+                    evaluations.append(evaluation)
+        else:
+            evaluations = self._evaluate_in_one_job(test_sets, configured, self.image_pass)
         if not evaluations:
             raise EvaluationDataError(f"no class of {settings.data} could be evaluated (see the notes above)")
         self.cost.seconds = time.perf_counter() - started
@@ -555,7 +641,7 @@ class Evaluator:
         )
 
     def _normalities(
-        self, addition: NormalityAddition, groups: list[AnomalyGroup], class_name: str
+        self, addition: NormalityAddition, groups: list[AnomalyGroup], class_name: str, note: Callable[[str], None]
     ) -> tuple[list[AnomalyGroup], list[AddedNormality]]:
         kept: list[AnomalyGroup] = []
         normalities: list[AddedNormality] = []
@@ -563,7 +649,7 @@ class Evaluator:
             try:
                 normalities.append(addition.normality_detector.make_normality(group.text, 1.0, group.name))
             except NormaddError as error:
-                self.note(f"{class_name}: group '{group.name}' skipped: {error}")
+                note(f"{class_name}: group '{group.name}' skipped: {error}")
                 continue
             kept.append(group)
         self.cost.group_texts += len(normalities)
@@ -573,12 +659,62 @@ class Evaluator:
         self, test_set: ClassTestSet, configured: dict[str, list[AnomalyGroup]] | None
     ) -> ClassEvaluation | None:
         """All measurements of one class, or None (with a note) when it cannot be evaluated."""
+        prepared = self._prepare_class(test_set, configured, self.note)
+        return None if prepared is None else self._finish_class(prepared)
+
+    def _evaluate_in_one_job(
+        self, test_sets: list[ClassTestSet], configured: dict[str, list[AnomalyGroup]] | None, image_pass: ImagePass
+    ) -> list[ClassEvaluation]:
+        """Every class with the image passes of all of them as one job of ``image_pass``.
+
+        No pass depends on another's results (a class's train/good pass runs whatever its test
+        pass gave; it is passed over when the class was skipped), so the job is known up front.
+        """
+        prepared: list[_PreparedClass | None] = []
+        pending: list[list[str]] = []
+        requests: list[PassRequest] = []
+        for test_set in test_sets:
+            notes: list[str] = []
+            item = self._prepare_class(test_set, configured, notes.append)
+            prepared.append(item)
+            pending.append(notes)
+            if item is None:
+                continue
+            missing = [item.test_set.images[i].path for i in item.missing]
+            if missing:
+                item.requests["records"] = len(requests)
+                requests.append(PassRequest("records", item.config, missing))
+            if item.good is not None and item.good.missing:
+                item.requests["good_scores"] = len(requests)
+                good = [item.good.paths[i] for i in item.good.missing]
+                requests.append(PassRequest("good_scores", item.config, good))
+        evaluations: list[ClassEvaluation] = []
+        self._stream = _PassStream(iter(image_pass.run_all(requests, self.settings.batch_size, self.settings.resize)))
+        try:
+            for item, notes in zip(prepared, pending, strict=True):
+                for line in notes:
+                    self.note(line)
+                evaluation = None if item is None else self._finish_class(item)
+                if evaluation is not None:
+                    evaluations.append(evaluation)
+        finally:
+            self._stream.close()
+            self._stream = None
+        return evaluations
+
+    def _prepare_class(
+        self,
+        test_set: ClassTestSet,
+        configured: dict[str, list[AnomalyGroup]] | None,
+        note: Callable[[str], None],
+    ) -> _PreparedClass | None:
+        """A class up to its image passes; None (with a note) when it cannot be evaluated."""
         name = test_set.name
         groups, group_notes = groups_for_class(test_set, configured)
         for line in group_notes:
-            self.note(line)
+            note(line)
         if not groups:
-            self.note(f"skipped class: {name} has no usable group")
+            note(f"skipped class: {name} has no usable group")
             return None
         config = line_config(self.settings, name)
         try:
@@ -586,19 +722,32 @@ class Evaluator:
         except (UnknownBackboneError, WeightsNotFoundError, WeightsMismatchError, DeviceError):
             raise  # the same for every class: stop with that one line
         except NormaddError as error:  # e.g. a class without the normal images its detector learns from
-            self.note(f"skipped class: {name}: {error}")
+            note(f"skipped class: {name}: {error}")
             return None
         encoder = addition.normality_detector.encoder
         self.model_description = addition.detector.description
         self.random_weights = encoder.is_random
         prompts_before = addition.normality_detector.text_embedder.encoded_prompts
-        groups, normalities = self._normalities(addition, groups, name)
+        groups, normalities = self._normalities(addition, groups, name, note)
         self.cost.prompts_encoded += addition.normality_detector.text_embedder.encoded_prompts - prompts_before
         if not groups:
-            self.note(f"skipped class: {name} has no usable group")
+            note(f"skipped class: {name} has no usable group")
             return None
-        cache = FeatureCache(cache_identity(addition, config), enabled=self.settings.use_cache)
-        images, records = self._records(addition, config, cache, test_set.images, name)
+        identity = cache_identity(addition, config)
+        cache = FeatureCache(identity, enabled=self.settings.use_cache)
+        digests = [file_digest(image.path) for image in test_set.images]
+        records: list[ImageRecord | None] = [cache.get(digest) for digest in digests]
+        missing = [i for i, record in enumerate(records) if record is None]
+        good = self._good_plan(identity, name) if self.settings.false_reject is not None else None
+        return _PreparedClass(
+            test_set, config, addition, groups, normalities, cache, digests, records, missing, good
+        )
+
+    def _finish_class(self, prepared: _PreparedClass) -> ClassEvaluation | None:
+        """The image passes of a prepared class and all its measurements, or None (with a note)."""
+        test_set, addition, cache = prepared.test_set, prepared.addition, prepared.cache
+        name, groups, normalities = test_set.name, prepared.groups, prepared.normalities
+        images, records = self._records(prepared)
         self.cost.cache_hits += cache.hits
         self.cost.cache_misses += cache.misses
         self.cost.cache_bytes_written += cache.bytes_written
@@ -618,36 +767,42 @@ class Evaluator:
         self.progress.advance(1)
         self._pixel_rows(evaluation, images, maps)
         evaluation.examples = self._examples(images, groups, maps)
-        if self.settings.false_reject is not None:
-            self._decision_rows(evaluation, addition, config, cache_identity(addition, config))
+        if prepared.good is not None:
+            self._decision_rows(evaluation, prepared)
         return evaluation
 
-    def _good_scores(
-        self, addition: NormalityAddition, config: LineConfig, identity: list[object], class_name: str
-    ) -> list[float]:
-        """"Before" scores of the class's ``train/good`` images, scored as the test images are.
-
-        Test scores are read from the fp16 256 × 256 maps of the feature cache, so these are too:
-        threshold and test scores share one scale. Scores are cached per image (a few bytes).
-        """
+    def _good_plan(self, identity: list[object], class_name: str) -> _GoodPlan:
+        """The class's ``train/good`` images and the "before" scores the calibration cache already has."""
         folder = self.settings.data / class_name / "train" / "good"
         paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        if not paths:
-            return []
         key = cache_key(CALIBRATION_CACHE_VERSION, identity)
         cache_file = cache_dir("calibration-scores") / f"{key}.json"
         known: dict[str, float] = {}
-        if self.settings.use_cache and cache_file.is_file():
+        if paths and self.settings.use_cache and cache_file.is_file():
             try:
                 known = {str(k): float(v) for k, v in json.loads(cache_file.read_text()).items()}
             except (ValueError, AttributeError):
                 known = {}
         digests = [file_digest(path) for path in paths]
         missing = [i for i, digest in enumerate(digests) if digest not in known]
+        return _GoodPlan(paths, digests, known, missing, cache_file)
+
+    def _good_scores(self, prepared: _PreparedClass) -> list[float]:
+        """"Before" scores of the class's ``train/good`` images, scored as the test images are.
+
+        Test scores are read from the fp16 256 × 256 maps of the feature cache, so these are too:
+        threshold and test scores share one scale. Scores are cached per image (a few bytes).
+        """
+        assert prepared.good is not None
+        class_name = prepared.test_set.name
+        plan = prepared.good
+        paths, digests, known, missing, cache_file = plan.paths, plan.digests, plan.known, plan.missing, plan.cache_file
+        if not paths:
+            return []
         self.progress.start(f"{class_name}: train/good for the threshold", len(paths))
         self.progress.advance(len(paths) - len(missing))
         by_path = {paths[i]: digests[i] for i in missing}
-        for outcome in self._outcomes("good_scores", addition, config, [paths[i] for i in missing]):
+        for outcome in self._outcomes("good_scores", prepared, [paths[i] for i in missing]):
             if outcome.unreadable is not None:
                 self.note(f"{class_name}: train image skipped: {outcome.unreadable}")
             elif outcome.score is not None:
@@ -660,13 +815,11 @@ class Evaluator:
             atomic_write_bytes(cache_file, json.dumps(known, sort_keys=True).encode())
         return [known[d] for d in digests if d in known]
 
-    def _decision_rows(
-        self, evaluation: ClassEvaluation, addition: NormalityAddition, config: LineConfig, identity: list[object]
-    ) -> None:
+    def _decision_rows(self, evaluation: ClassEvaluation, prepared: _PreparedClass) -> None:
         """Calibrate the class's threshold on train/good and count each group's decisions at it."""
         assert self.settings.false_reject is not None
         try:
-            good_scores = self._good_scores(addition, config, identity, evaluation.name)
+            good_scores = self._good_scores(prepared)
         except NormaddError as error:
             self.note(f"{evaluation.name}: no decisions: train/good could not be scored ({error})")
             return
@@ -698,36 +851,27 @@ class Evaluator:
                 )
             )
 
-    def _outcomes(
-        self, kind: PassKind, addition: NormalityAddition, config: LineConfig, paths: Sequence[Path]
-    ) -> Iterator[ImageOutcome]:
-        """One outcome per path, in order: from the image pass given (Ray), else batch by batch here."""
+    def _outcomes(self, kind: PassKind, prepared: _PreparedClass, paths: Sequence[Path]) -> Iterator[ImageOutcome]:
+        """One outcome per path, in order: from the run's image-pass job (Ray), else batch by batch here."""
         if not paths:
             return
-        batch_size, resize = self.settings.batch_size, self.settings.resize
-        if self.image_pass is not None:
-            yield from self.image_pass.run(kind, config, paths, batch_size, resize)
+        if self._stream is not None:
+            if kind in prepared.requests:
+                yield from self._stream.take(prepared.requests[kind])
             return
+        batch_size, resize = self.settings.batch_size, self.settings.resize
         compute = record_outcomes if kind == "records" else good_score_outcomes
         for start in range(0, len(paths), batch_size):
-            yield from compute(addition, paths[start : start + batch_size], resize)
+            yield from compute(prepared.addition, paths[start : start + batch_size], resize)
 
-    def _records(
-        self,
-        addition: NormalityAddition,
-        config: LineConfig,
-        cache: FeatureCache,
-        images: Sequence[TestImage],
-        class_name: str,
-    ) -> tuple[list[TestImage], list[ImageRecord]]:
+    def _records(self, prepared: _PreparedClass) -> tuple[list[TestImage], list[ImageRecord]]:
+        images, cache, class_name = prepared.test_set.images, prepared.cache, prepared.test_set.name
         self.progress.start(f"{class_name}: detector + CLIP", len(images))
-        digests = [file_digest(image.path) for image in images]
-        records: list[ImageRecord | None] = [cache.get(digest) for digest in digests]
+        digests, records, missing = prepared.digests, list(prepared.records), prepared.missing
         self.progress.advance(sum(r is not None for r in records))
-        missing = [i for i, record in enumerate(records) if record is None]
         by_path = {images[i].path: i for i in missing}
         unreadable: set[int] = set()
-        for outcome in self._outcomes("records", addition, config, [images[i].path for i in missing]):
+        for outcome in self._outcomes("records", prepared, [images[i].path for i in missing]):
             index = by_path[outcome.path]
             if outcome.unreadable is not None:
                 self.note(f"{class_name}: image skipped: {outcome.unreadable}")
