@@ -10,6 +10,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,3 +76,18 @@ def stop(server: ServeProcess, timeout: float = 15.0) -> None:
         except subprocess.TimeoutExpired:
             server.process.kill()
             server.process.wait(timeout=timeout)
+
+
+@contextmanager
+def running(config: Path, log: Path, env: dict[str, str], timeout: float = START_TIMEOUT_S) -> Iterator[ServeProcess]:
+    """A started and healthy ``normadd serve`` for the ``with`` block; stopped afterwards, also on failure.
+
+    Raises:
+        RuntimeError: It did not come up within ``timeout`` seconds (its log attached).
+    """
+    server = start(config, log, env)
+    try:
+        wait_healthy(server, timeout)
+        yield server
+    finally:
+        stop(server)

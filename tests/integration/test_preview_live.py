@@ -4,11 +4,6 @@ suppression map, and nothing changes; then a normality is staged and activated f
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,17 +11,12 @@ import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
+from helpers import live_service
 from helpers.browser import TIMEOUT_MS, keep_offline
 from normadd.registry.store import Registry, ThresholdRecord
 
 KEY = "preview-live-secret"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -37,40 +27,16 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
         "class_name: bottle\nbackbone: tiny-random\nretain:\n  images: 20\n"
         "database: normadd.db\nservice:\n  line: bottle\n"
     )
-    port = _free_port()
     env = {
-        **os.environ,
         "NORMADD_API_KEYS": f"browser={KEY}",
         "NORMADD_CACHE_DIR": str(folder / "cache"),
         "HF_HUB_OFFLINE": "1",
     }
-    log = folder / "server.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "normadd", "serve", "--config", str(config), "--port", str(port)],
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"normadd serve did not come up:\n{log.read_text()[-3000:]}")
-        time.sleep(0.2)
-    yield url, folder / "normadd.db"
-    process.terminate()
     try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+        with live_service.running(config, folder / "server.log", env, timeout=60) as running:
+            yield running.url, folder / "normadd.db"
+    except RuntimeError as error:  # it did not come up (its log is in the message)
+        pytest.fail(str(error))
 
 
 @pytest.fixture

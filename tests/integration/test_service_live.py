@@ -5,20 +5,16 @@ when it is missing, see ``tests/helpers/browser.py``), with every request off 12
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
+from helpers import live_service
 from helpers.browser import TIMEOUT_MS, keep_offline
+from helpers.live_service import ServeProcess
 from normadd.config import LineConfig
 from normadd.registry.line_model import create_line
 from normadd.registry.store import Registry
@@ -30,66 +26,29 @@ APPROVER_KEY = "approver-live-secret"  # scopes: approve, audit
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 
 
-@dataclass
-class LiveServer:
-    url: str
-    process: subprocess.Popen[bytes]
-    log: Path
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
-def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
     folder = tmp_path_factory.mktemp("live")
     config = folder / "line.yaml"
     config.write_text("class_name: bottle\nbackbone: tiny-random\ndatabase: normadd.db\nservice:\n  line: bottle\n")
     with Registry(folder / "normadd.db") as registry:  # a second line whose changes need approval
         vials = LineConfig(class_name="vial", backbone="tiny-random", approval="required")
         create_line(registry, "vials", vials, "test set-up")
-    port = free_port()
     env = {
-        **os.environ,
         "NORMADD_API_KEYS": f"browser={KEY},station-1:inspect={STATION_KEY},"
         f"engineer:inspect+preview+change+audit={ENGINEER_KEY},approver:approve+audit={APPROVER_KEY}",
         "NORMADD_CACHE_DIR": str(folder / "cache"),
         "HF_HUB_OFFLINE": "1",
     }
-    log = folder / "server.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "normadd", "serve", "--config", str(config), "--port", str(port)],
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    server = LiveServer(f"http://127.0.0.1:{port}", process, log)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{server.url}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"normadd serve did not come up:\n{log.read_text()[-3000:]}")
-        time.sleep(0.2)
-    yield server
-    process.terminate()
     try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+        with live_service.running(config, folder / "server.log", env, timeout=60) as server:
+            yield server
+    except RuntimeError as error:  # it did not come up (its log is in the message)
+        pytest.fail(str(error))
 
 
 @pytest.fixture
-def service_page(live_server: LiveServer, page: Page) -> Iterator[Page]:
+def service_page(live_server: ServeProcess, page: Page) -> Iterator[Page]:
     """A Chromium page on the running service's web page, cut off from every other server."""
     outside = keep_offline(page, live_server.url)
     page.set_default_timeout(TIMEOUT_MS)
@@ -98,7 +57,7 @@ def service_page(live_server: LiveServer, page: Page) -> Iterator[Page]:
     assert outside == [], f"the page tried to reach other servers: {outside}"
 
 
-def test_real_uvicorn_serves_health_auth_and_inspections(live_server: LiveServer, bottle_dir: Path) -> None:
+def test_real_uvicorn_serves_health_auth_and_inspections(live_server: ServeProcess, bottle_dir: Path) -> None:
     image = (bottle_dir / "test" / "broken_large" / "000.png").read_bytes()
     with httpx.Client(base_url=live_server.url, timeout=30) as client:
         loaded = client.get("/healthz").json()["lines_loaded"]
@@ -114,7 +73,7 @@ def test_real_uvicorn_serves_health_auth_and_inspections(live_server: LiveServer
 
 
 def test_the_web_page_adds_a_normality_and_shows_before_suppression_after(
-    live_server: LiveServer, service_page: Page, bottle_dir: Path
+    live_server: ServeProcess, service_page: Page, bottle_dir: Path
 ) -> None:
     page = service_page
     image = bottle_dir / "test" / "broken_large" / "000.png"
@@ -191,7 +150,7 @@ def _choose_vials(page: Page) -> None:
 
 
 def test_a_station_key_sees_inspection_but_no_change_or_approval_controls(
-    live_server: LiveServer, service_page: Page
+    live_server: ServeProcess, service_page: Page
 ) -> None:
     page = service_page
     _connect(page, STATION_KEY)
@@ -202,7 +161,7 @@ def test_a_station_key_sees_inspection_but_no_change_or_approval_controls(
 
 
 def test_a_quality_engineer_proposes_a_change_but_sees_no_approve_button(
-    live_server: LiveServer, service_page: Page
+    live_server: ServeProcess, service_page: Page
 ) -> None:
     page = service_page
     _connect(page, ENGINEER_KEY)
@@ -226,7 +185,7 @@ def test_a_quality_engineer_proposes_a_change_but_sees_no_approve_button(
     assert ENGINEER_KEY not in live_server.log.read_text()
 
 
-def test_an_approver_approves_a_pending_change_from_the_page(live_server: LiveServer, service_page: Page) -> None:
+def test_an_approver_approves_a_pending_change_from_the_page(live_server: ServeProcess, service_page: Page) -> None:
     page = service_page
     with httpx.Client(base_url=live_server.url, headers={"X-API-Key": ENGINEER_KEY}, timeout=60) as client:
         change = client.post("/v1/lines/vials/normalities", json={"text": "bubble", "why": "CAPA-9"}).json()
@@ -242,7 +201,7 @@ def test_an_approver_approves_a_pending_change_from_the_page(live_server: LiveSe
     assert APPROVER_KEY not in live_server.log.read_text()
 
 
-def test_docs_render_in_the_browser_with_no_internet(live_server: LiveServer, page: Page) -> None:
+def test_docs_render_in_the_browser_with_no_internet(live_server: ServeProcess, page: Page) -> None:
     outside = keep_offline(page, live_server.url)
     page.goto(f"{live_server.url}/docs")
     expect(page.locator(".swagger-ui .info .title")).to_contain_text("normadd")
