@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from typer.testing import CliRunner
 
+from helpers.service_api import assert_error
 from normadd.backbone import clip_encoder
 from normadd.backbone.pool import EncoderPool
 from normadd.cli import app as cli_app
@@ -99,14 +100,6 @@ def _inspect(client: TestClient, line: str, seed: int = 0) -> Any:
     )
 
 
-def _error(response: Any, status: int, code: str, *words: str) -> None:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert body["error"] == code, body
-    for word in words:
-        assert word in body["detail"], body
-
-
 def test_one_process_serves_every_registry_line_loaded_at_start(client: TestClient) -> None:
     health = client.get("/healthz").json()
     every = sorted([*SAME, OTHER])
@@ -151,7 +144,7 @@ def test_concurrent_inspections_of_lines_on_one_encoder_share_one_encoder_pass(c
 
 
 def test_a_line_outside_the_registry_is_404_naming_the_known_ones(client: TestClient) -> None:
-    _error(_inspect(client, "line-9"), 404, "unknown_line", "line-9", "bottle-1", OTHER)
+    assert_error(_inspect(client, "line-9"), 404, "unknown_line", "line-9", "bottle-1", OTHER)
 
 
 def test_a_line_created_while_serving_every_line_is_served_on_first_use(client: TestClient, database: Path) -> None:
@@ -181,8 +174,8 @@ def test_lines_serves_only_the_named_lines_and_the_others_are_404(
             client.get("/v1/lines/bottle-1/audit", headers=AUTH),
             client.get("/v1/lines/screw-3/threshold", headers=AUTH),
         ):
-            _error(response, 404, "unknown_line", "not served here", "cap-2", OTHER)
-        _error(client.get("/v1/lines/screw-3/audit"), 401, "unauthorized")  # no key, no answer about lines
+            assert_error(response, 404, "unknown_line", "not served here", "cap-2", OTHER)
+        assert_error(client.get("/v1/lines/screw-3/audit"), 401, "unauthorized")  # no key, no answer about lines
         assert client.get("/healthz").json()["lines_loaded"] == ["cap-2", OTHER]
 
 
@@ -291,7 +284,7 @@ def test_a_config_without_line_keys_serves_the_registry_lines_and_creates_none(
         health = client.get("/healthz").json()
         assert health["lines_served"] == ["cap-2"] == health["lines_loaded"]
         assert _inspect(client, "cap-2").status_code == 200
-        _error(_inspect(client, "bottle-1"), 404, "unknown_line", "not served here", "cap-2")
+        assert_error(_inspect(client, "bottle-1"), 404, "unknown_line", "not served here", "cap-2")
     registry = Registry(database)
     try:
         assert [line.name for line in registry.lines()] == stored  # nothing created

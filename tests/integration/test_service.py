@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from helpers.service_api import assert_error
 from normadd.config import LineConfig
 from normadd.registry.store import NormalityRecord, Registry
 from normadd.serve.app import create_app
@@ -69,14 +70,6 @@ def _inspect(client: TestClient, *files: tuple[str, bytes], **params: Any) -> An
         files=[("images", (name, data, "application/octet-stream")) for name, data in files],
         params=params,
     )
-
-
-def _error(response: Any, status: int, code: str, *words: str) -> None:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert body["error"] == code, body
-    for word in words:
-        assert word in body["detail"], body
 
 
 def test_health_needs_no_key_and_the_page_and_docs_are_served(client: TestClient) -> None:
@@ -146,7 +139,7 @@ def test_bad_uploads_are_a_clear_4xx_and_log_nothing(
     client: TestClient, files: list[tuple[str, bytes]], status: int, code: str, words: list[str]
 ) -> None:
     stored = _stored(client)
-    _error(_inspect(client, *files), status, code, *words)
+    assert_error(_inspect(client, *files), status, code, *words)
     assert _stored(client) == stored
 
 
@@ -154,7 +147,7 @@ def test_an_image_over_the_pixel_limit_is_refused(client: TestClient) -> None:
     buffer = io.BytesIO()
     Image.new("RGB", (1200, 1000), (10, 10, 10)).save(buffer, format="PNG")  # tiny file, 1.2 MP
     stored = _stored(client)
-    _error(_inspect(client, ("wide.png", buffer.getvalue())), 422, "bad_image", "1200x1000", "pixels")
+    assert_error(_inspect(client, ("wide.png", buffer.getvalue())), 422, "bad_image", "1200x1000", "pixels")
     assert _stored(client) == stored
 
 
@@ -168,7 +161,7 @@ def test_a_chunked_upload_over_the_limit_is_refused_while_streaming(client: Test
         headers={**AUTH, "Content-Type": "multipart/form-data; boundary=b"},
         content=chunks(),
     )
-    _error(response, 413, "upload_too_large")
+    assert_error(response, 413, "upload_too_large")
 
 
 @pytest.mark.parametrize(
@@ -186,7 +179,7 @@ def test_bad_normalities_are_a_clear_4xx_and_change_nothing(
     client: TestClient, body: dict[str, Any], status: int, code: str, words: list[str]
 ) -> None:
     stored = _stored(client)
-    _error(client.post(f"/v1/lines/{LINE}/normalities", headers=AUTH, json=body), status, code, *words)
+    assert_error(client.post(f"/v1/lines/{LINE}/normalities", headers=AUTH, json=body), status, code, *words)
     assert _stored(client) == stored
 
 
@@ -195,7 +188,7 @@ def test_a_duplicate_normality_is_409_and_keeps_the_first(client: TestClient) ->
     assert first.status_code == 201
     stored = _stored(client)
     second = client.post(f"/v1/lines/{LINE}/normalities", headers=AUTH, json={"text": "broken", "strength": 0.9})
-    _error(second, 409, "duplicate_normality", "already active")
+    assert_error(second, 409, "duplicate_normality", "already active")
     assert _stored(client) == stored
     assert _inspect(client, ("a.png", _png())).json()["normalities"] == [{"name": "broken", "strength": 0.4}]
     client.delete(f"/v1/lines/{LINE}/normalities/broken", headers=AUTH)
@@ -203,11 +196,11 @@ def test_a_duplicate_normality_is_409_and_keeps_the_first(client: TestClient) ->
 
 def test_unknown_line_and_unknown_normality_are_404(client: TestClient) -> None:
     stored = _stored(client)
-    _error(_inspect_line(client, "line-9"), 404, "unknown_line", "line-9", LINE)
-    _error(client.get("/v1/lines/line-9/normalities", headers=AUTH), 404, "unknown_line")
-    _error(client.get("/v1/lines/line-9/audit", headers=AUTH), 404, "unknown_line")
-    _error(client.post("/v1/lines/line-9/normalities", headers=AUTH, json={"text": "dent"}), 404, "unknown_line")
-    _error(client.delete(f"/v1/lines/{LINE}/normalities/dent", headers=AUTH), 404, "unknown_normality", "dent")
+    assert_error(_inspect_line(client, "line-9"), 404, "unknown_line", "line-9", LINE)
+    assert_error(client.get("/v1/lines/line-9/normalities", headers=AUTH), 404, "unknown_line")
+    assert_error(client.get("/v1/lines/line-9/audit", headers=AUTH), 404, "unknown_line")
+    assert_error(client.post("/v1/lines/line-9/normalities", headers=AUTH, json={"text": "dent"}), 404, "unknown_line")
+    assert_error(client.delete(f"/v1/lines/{LINE}/normalities/dent", headers=AUTH), 404, "unknown_normality", "dent")
     assert _stored(client) == stored
 
 
@@ -227,7 +220,7 @@ def test_every_v1_route_needs_a_valid_key(client: TestClient, headers: dict[str,
         client.post(f"/v1/lines/{LINE}/inspect", headers=headers, files=[("images", ("a.png", _png(), "image/png"))]),
     ]
     for response in requests:
-        _error(response, 401, "unauthorized", "X-API-Key")
+        assert_error(response, 401, "unauthorized", "X-API-Key")
     assert _stored(client) == stored
 
 
@@ -287,19 +280,23 @@ def test_a_normality_can_also_be_removed_by_query_parameter(client: TestClient) 
     client.post(f"/v1/lines/{LINE}/normalities", headers=AUTH, json={"text": "dent"})
     removed = client.delete(f"/v1/lines/{LINE}/normalities", headers=AUTH, params={"name": "dent", "why": "no"})
     assert removed.status_code == 200 and removed.json()["name"] == "dent"
-    _error(client.delete(f"/v1/lines/{LINE}/normalities", headers=AUTH), 422, "invalid_request", "name")
+    assert_error(client.delete(f"/v1/lines/{LINE}/normalities", headers=AUTH), 422, "invalid_request", "name")
 
 
 def test_wrong_routes_methods_and_bodies_are_json_errors(client: TestClient) -> None:
-    _error(client.get("/v2/anything", headers=AUTH), 404, "not_found")
-    _error(client.put(f"/v1/lines/{LINE}/normalities", headers=AUTH), 405, "method_not_allowed")
-    _error(client.post(f"/v1/lines/{LINE}/inspect", headers=AUTH, json={"x": 1}), 422, "invalid_request", "images")
-    _error(
+    assert_error(client.get("/v2/anything", headers=AUTH), 404, "not_found")
+    assert_error(client.put(f"/v1/lines/{LINE}/normalities", headers=AUTH), 405, "method_not_allowed")
+    assert_error(
+        client.post(f"/v1/lines/{LINE}/inspect", headers=AUTH, json={"x": 1}), 422, "invalid_request", "images"
+    )
+    assert_error(
         client.post(f"/v1/lines/{LINE}/normalities", headers={**AUTH, "Content-Type": "application/json"}, content="{"),
         422,
         "invalid_request",
     )
-    _error(client.get(f"/v1/lines/{LINE}/audit", headers=AUTH, params={"limit": 0}), 422, "invalid_request", "limit")
+    assert_error(
+        client.get(f"/v1/lines/{LINE}/audit", headers=AUTH, params={"limit": 0}), 422, "invalid_request", "limit"
+    )
 
 
 def test_config_normalities_seed_a_new_line_and_the_registry_wins_after(tmp_path: Path) -> None:
@@ -395,7 +392,7 @@ def test_inspections_count_the_verdicts_they_gave(client: TestClient) -> None:
 def test_a_refused_upload_is_counted_under_its_route(client: TestClient) -> None:
     before = _scrape(client)
     too_big = b"\0" * 2_100_000
-    _error(_inspect(client, ("big.png", too_big)), 413, "upload_too_large")
+    assert_error(_inspect(client, ("big.png", too_big)), 413, "upload_too_large")
     after = _scrape(client)
     route = "/v1/lines/{line}/inspect"
     assert _delta(before, after, "normadd_http_requests_total", method="POST", route=route, status="413") == 1
@@ -411,7 +408,7 @@ def test_a_refused_upload_is_counted_under_its_route(client: TestClient) -> None
 )
 def test_a_normality_body_is_read_strictly(client: TestClient, body: dict[str, Any]) -> None:
     stored = _stored(client)
-    _error(client.post(f"/v1/lines/{LINE}/normalities", headers=AUTH, json=body), 422, "invalid_request")
+    assert_error(client.post(f"/v1/lines/{LINE}/normalities", headers=AUTH, json=body), 422, "invalid_request")
     assert _stored(client) == stored
 
 
@@ -426,4 +423,4 @@ def test_every_v1_error_is_documented_as_the_error_body_it_is(client: TestClient
     body = client.post(
         f"/v1/lines/{LINE}/normalities", headers={**AUTH, "Content-Type": "application/json"}, content=b"\xff{"
     )
-    _error(body, 400, "malformed_body")
+    assert_error(body, 400, "malformed_body")
